@@ -1,0 +1,197 @@
+"""The `twin` command: parses arguments, calls the library, prints. No logic lives here."""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from twin.errors import SpecError, TwinError
+
+log = logging.getLogger("twin")
+
+
+def _setup_logging(verbose: int, quiet: bool) -> None:
+    level = logging.WARNING if quiet else (logging.DEBUG if verbose > 0 else logging.INFO)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s" if level > logging.DEBUG
+                                           else "%(asctime)s %(name)s %(levelname)s %(message)s"))
+    root = logging.getLogger("twin")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+
+
+def _progress(ctx: click.Context):
+    from twin.progress import LogProgress, NullProgress, RichProgress
+    if ctx.obj.get("quiet"):
+        return NullProgress()
+    return RichProgress() if sys.stderr.isatty() else LogProgress()
+
+
+class TwinGroup(click.Group):
+    """Maps the toolkit's exceptions to one-line messages and exit codes (0 ok, 1 failed, 2 bad input)."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except SpecError as exc:
+            for line in exc.problems:
+                click.echo(f"error: {line}", err=True)
+            sys.exit(exc.exit_code)
+        except TwinError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("interrupted; finished items are kept and the next build resumes", err=True)
+            sys.exit(130)
+
+
+@click.group(cls=TwinGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", count=True, help="more detail (debug logs)")
+@click.option("-q", "--quiet", is_flag=True, help="only warnings and errors, no progress bars")
+@click.version_option(package_name="twin", prog_name="twin")
+@click.pass_context
+def main(ctx, verbose, quiet):
+    """Build a digital twin of a person from public material, with consent and provenance."""
+    ctx.ensure_object(dict)
+    ctx.obj["quiet"] = quiet
+    _setup_logging(verbose, quiet)
+
+
+def _load(spec_path):
+    import twin
+    return twin.load_spec(spec_path)
+
+
+@main.command()
+@click.argument("person_id")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="file to write (default persona_specs/ID.yaml)")
+@click.option("--force", is_flag=True, help="overwrite an existing file")
+def init(person_id, output, force):
+    """Write a commented spec template for PERSON_ID."""
+    import re
+
+    from twin.cache import atomic_write_text
+    from twin.errors import UsageError
+    from twin.spec import ID_PATTERN, template
+    if not re.match(ID_PATTERN, person_id):
+        raise UsageError(f"{person_id!r} is not a valid id: use lower-case letters, digits and dashes")
+    path = Path(output or f"persona_specs/{person_id}.yaml")
+    if path.exists() and not force:
+        raise UsageError(f"{path} exists; pass --force to overwrite it")
+    atomic_write_text(path, template(person_id))
+    click.echo(f"wrote {path}; fill in consent and sources, then: twin validate {path}")
+
+
+@main.command()
+@click.argument("spec", type=click.Path())
+def validate(spec):
+    """Check SPEC; print one line per problem (exit 2) or a summary."""
+    s = _load(spec)
+    src = s.sources
+    click.echo(f"{spec}: ok — {s.name} ({s.id}), consent {s.consent.basis}, profile {s.profile}, "
+               f"{len(src.videos)} video, {len(src.posts)} post, {len(src.facts)} fact source(s)")
+
+
+@main.command()
+@click.argument("spec", type=click.Path())
+@click.option("--until", help="plan the stages up to and including this one")
+@click.option("--only", multiple=True, help="plan only these stages")
+@click.option("--force", multiple=True, help="treat these stages as changed")
+@click.option("--workspace", type=click.Path(file_okay=False), help="build folder (default from the spec)")
+def plan(spec, until, only, force, workspace):
+    """Show which stages a build would run, and why."""
+    from twin.runner import Runner
+    runner = Runner(_load(spec), workspace)
+    for e in runner.plan(until, only, force):
+        mark = {"run": "run ", "skip": "skip", "blocked": "wait"}[e.action]
+        click.echo(f"{mark}  {e.stage:<14} {e.reason}")
+
+
+@main.command()
+@click.argument("spec", type=click.Path())
+@click.option("--until", help="build the stages up to and including this one")
+@click.option("--only", multiple=True, help="build only these stages (their inputs must be built)")
+@click.option("--force", multiple=True, help="rebuild these stages even if unchanged")
+@click.option("--workers", type=click.IntRange(1, 256), default=1, show_default=True,
+              help="processes for per-item work")
+@click.option("--executor", default="local", show_default=True, help="where per-item work runs")
+@click.option("--on-error", type=click.Choice(["fail", "keep-going"]), default="fail", show_default=True)
+@click.option("--workspace", type=click.Path(file_okay=False), help="build folder (default from the spec)")
+@click.pass_context
+def build(ctx, spec, until, only, force, workers, executor, on_error, workspace):
+    """Build the twin described by SPEC (cached, resumable)."""
+    from twin.runner import Runner
+    s = _load(spec)
+    with _progress(ctx) as progress:
+        runner = Runner(s, workspace, workers=workers, executor=executor, progress=progress)
+        result = runner.build(until, only, force, on_error=on_error)
+    if result.ran:
+        click.echo(f"built {', '.join(result.ran)}" + (f"; unchanged: {', '.join(result.skipped)}"
+                                                      if result.skipped else "") + f" → {result.workspace}")
+    elif not result.failed:
+        click.echo(f"nothing to do: all {len(result.skipped)} stage(s) are up to date ({result.workspace})")
+    if result.failed or result.blocked:
+        for name, why in result.failed.items():
+            click.echo(f"error: {why}", err=True)
+        if result.blocked:
+            click.echo(f"not built (upstream failed): {', '.join(result.blocked)}", err=True)
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("spec", type=click.Path())
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@click.option("--workspace", type=click.Path(file_okay=False))
+def status(spec, as_json, workspace):
+    """Show each stage: built, up to date, counts."""
+    from twin.runner import Runner
+    rows = Runner(_load(spec), workspace).status()
+    if as_json:
+        click.echo(json.dumps(rows, indent=2, sort_keys=True))
+        return
+    for r in rows:
+        state = "up to date" if r["up_to_date"] else ("stale: " + r["reason"] if r["built"] else "not built")
+        if r["interrupted"]:
+            state += " (interrupted run will resume)"
+        counts = ", ".join(f"{k}={v}" for k, v in r["counts"].items())
+        click.echo(f"{r['stage']:<14} {state}" + (f"  [{counts}]" if counts else ""))
+
+
+@main.command()
+@click.argument("spec", type=click.Path())
+@click.option("--stage", help="remove only this stage's outputs")
+@click.option("--workspace", type=click.Path(file_okay=False))
+def clean(spec, stage, workspace):
+    """Remove built outputs (download caches are kept)."""
+    from twin.runner import Runner
+    removed = Runner(_load(spec), workspace).clean(stage)
+    click.echo(f"removed {', '.join(removed)}" if removed else "nothing to remove")
+
+
+@main.command("fetch")
+@click.argument("inputs", nargs=-1, required=True)
+@click.option("--kind", type=click.Choice(["video", "posts", "facts"]), help="what the inputs are (default: guess)")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="folder to write into")
+@click.option("--sample-rate", type=int, help="working sample rate (default 16000)")
+@click.option("--max-items", type=int, help="cap for playlists, channels and feeds")
+@click.option("--cookies", type=click.Path(dir_okay=False, exists=True), help="Netscape cookies file")
+@click.option("--opt-out", type=click.Path(dir_okay=False, exists=True), help="opt-out list, one entry per line")
+@click.pass_context
+def fetch_cmd(ctx, inputs, kind, out, sample_rate, max_items, cookies, opt_out):
+    """Fetch URLs or files into OUT without a spec (provenance.jsonl, WAV, text)."""
+    from twin import adhoc
+    with _progress(ctx) as progress:
+        counts = adhoc.fetch(list(inputs), out, kind={"video": "videos"}.get(kind, kind), opt_out_file=opt_out,
+                             progress=progress, sample_rate=sample_rate, max_items_per_source=max_items,
+                             cookies=cookies)
+    click.echo(f"fetched {counts['videos']} audio, {counts['posts']} posts, {counts['facts_documents']} fact "
+               f"documents; {counts['failed']} failed → {Path(out) / 'provenance.jsonl'}")
+    if counts["videos"] + counts["posts"] + counts["facts_documents"] == 0:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,8 @@
+"""The pipeline's stages, one module each, all following twin.stage.Stage.
+
+PIPELINE lists the modules in pipeline order; twin.registry imports them. A stage module
+imports only from ``twin``.
+"""
+PIPELINE = [
+    "fetch",
+]

@@ -1,0 +1,59 @@
+"""Audio I/O: decode anything ffmpeg reads into the working format, and small helpers."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+from .errors import MissingDependency, UsageError
+
+WORK_RATE = 16000
+
+
+def ffmpeg_bin() -> str:
+    exe = shutil.which("ffmpeg")
+    if not exe:
+        raise MissingDependency("ffmpeg is not installed (Debian: apt-get install ffmpeg)")
+    return exe
+
+
+def probe(path: str | Path) -> dict:
+    """ffprobe's view of a media file: duration (s), audio stream present, format name."""
+    exe = shutil.which("ffprobe")
+    if not exe:
+        raise MissingDependency("ffprobe is not installed (Debian: apt-get install ffmpeg)")
+    proc = subprocess.run([exe, "-v", "error", "-print_format", "json", "-show_format", "-show_streams", str(path)],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise UsageError(f"{path}: not a readable media file ({proc.stderr.strip().splitlines()[-1:] or ['?']})")
+    info = json.loads(proc.stdout or "{}")
+    streams = info.get("streams", [])
+    return {
+        "duration": float(info.get("format", {}).get("duration") or 0.0),
+        "has_audio": any(s.get("codec_type") == "audio" for s in streams),
+        "format": info.get("format", {}).get("format_name"),
+    }
+
+
+def to_wav(src: str | Path, dst: str | Path, rate: int = WORK_RATE) -> Path:
+    """Decode ``src`` to 16-bit mono PCM WAV at ``rate`` (bit-exact, no metadata), atomically."""
+    src, dst = Path(src), Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f".tmp-{dst.name}")
+    cmd = [ffmpeg_bin(), "-nostdin", "-v", "error", "-y", "-i", str(src), "-vn", "-map", "0:a:0",
+           "-ac", "1", "-ar", str(rate), "-c:a", "pcm_s16le", "-map_metadata", "-1",
+           "-fflags", "+bitexact", "-flags:a", "+bitexact", "-f", "wav", str(tmp)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0 or not tmp.is_file() or tmp.stat().st_size <= 44:
+        tmp.unlink(missing_ok=True)
+        last = (proc.stderr.strip().splitlines() or ["no audio stream"])[-1]
+        raise UsageError(f"{src}: cannot decode audio: {last}")
+    tmp.replace(dst)
+    return dst
+
+
+def wav_duration(path: str | Path) -> float:
+    import soundfile as sf
+    info = sf.info(str(path))
+    return info.frames / float(info.samplerate)

@@ -1,0 +1,301 @@
+"""The runner: plans and builds the DAG of stages for one spec.
+
+fingerprint = hash(stage name + version, the stage's spec sections, the output hashes of
+the stages it reads, the hashes of the external files it reads, the ids of its models).
+A stage whose fingerprint and outputs match its manifest is skipped. Otherwise it runs in
+``.staging/<stage>/`` (resuming journaled items if a killed run left them with the same
+fingerprint), writes ``_manifest.json`` and is published by a rename.
+"""
+from __future__ import annotations
+
+import importlib.metadata as md
+import logging
+import platform
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterable, Optional
+
+from . import __version__, registry
+from .cache import (MANIFEST, atomic_write_json, atomic_write_text, hash_file, hash_obj, read_manifest,
+                    tree_files, tree_hash)
+from .errors import StageError, TwinError, UsageError
+from .executors import make_executor
+from .models import resolve
+from .progress import NullProgress
+from .stage import Stage, StageContext
+from .workspace import Workspace
+
+log = logging.getLogger("twin.runner")
+
+
+@dataclass
+class PlanEntry:
+    stage: str
+    action: str                       # run | skip | blocked
+    reason: str
+    fingerprint: Optional[str] = None
+
+
+@dataclass
+class BuildResult:
+    workspace: str
+    entries: list[PlanEntry] = field(default_factory=list)
+    ran: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    blocked: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed and not self.blocked
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _lib_versions(names: Iterable[str]) -> dict[str, str]:
+    out = {"python": platform.python_version(), "twin": __version__}
+    for n in names:
+        try:
+            out[n] = md.version(n)
+        except md.PackageNotFoundError:
+            out[n] = "not installed"
+    return out
+
+
+def fingerprint_parts(stage: Stage, spec, upstream: dict[str, str]) -> dict:
+    spec_part = {key: spec.section(key) for key in stage.all_spec_keys()}
+    external = {}
+    for label, path in sorted(stage.external_inputs(spec).items()):
+        external[label] = hash_file(path) if Path(path).is_file() else "missing"
+    models = {role: resolve(role, spec).fingerprint_id for role in stage.model_roles}
+    return {"stage": f"{stage.name}@{stage.version}", "spec": hash_obj(spec_part), "inputs": dict(upstream),
+            "external": external, "models": models}
+
+
+def _why_stale(parts: dict, manifest: Optional[dict], current_outputs: Optional[str]) -> Optional[str]:
+    """None when cached; otherwise a short human reason."""
+    if manifest is None:
+        return "never built"
+    old = manifest.get("fingerprint_parts", {})
+    if old.get("stage") != parts["stage"]:
+        return f"stage code changed ({old.get('stage')} → {parts['stage']})"
+    if old.get("spec") != parts["spec"]:
+        return "its spec settings changed"
+    for name, h in parts["inputs"].items():
+        if old.get("inputs", {}).get(name) != h:
+            return f"input from stage {name} changed"
+    for label, h in parts["external"].items():
+        if old.get("external", {}).get(label) != h:
+            return f"source {label} changed"
+    if set(old.get("external", {})) != set(parts["external"]):
+        return "its sources changed"
+    if old.get("models") != parts["models"]:
+        return "its models changed"
+    if current_outputs != manifest.get("output_hash"):
+        return "its outputs were modified or removed"
+    return None
+
+
+class Runner:
+    def __init__(self, spec, workspace: str | Path | None = None, *, workers: int = 1, executor: str = "local",
+                 progress=None, executor_options: Optional[dict] = None):
+        self.spec = spec
+        self.ws = Workspace(spec.workspace_dir(workspace))
+        self.workers = workers
+        self.executor_name = executor
+        self.executor_options = executor_options or {}
+        self.progress = progress or NullProgress()
+
+    # ----------------------------------------------------------- selection
+    def select(self, until: Optional[str] = None, only: Iterable[str] = ()) -> list[Stage]:
+        all_stages = registry.stages()
+        only = list(only or ())
+        if only:
+            for name in only:
+                registry.get(name)
+            return [s for s in all_stages if s.name in only]
+        if until:
+            registry.get(until)
+            names = [s.name for s in all_stages]
+            return all_stages[: names.index(until) + 1]
+        return all_stages
+
+    def _current(self, stage: Stage) -> tuple[Optional[dict], Optional[str]]:
+        manifest = read_manifest(self.ws.stage_dir(stage.name))
+        if manifest is None:
+            return None, None
+        return manifest, tree_hash(tree_files(self.ws.stage_dir(stage.name)))
+
+    # ----------------------------------------------------------- plan
+    def plan(self, until: Optional[str] = None, only: Iterable[str] = (), force: Iterable[str] = ()) -> list[PlanEntry]:
+        force = set(force or ())
+        for name in force:
+            registry.get(name)
+        selected = self.select(until, only)
+        selected_names = {s.name for s in selected}
+        will_run: set[str] = set()
+        entries = []
+        for st in selected:
+            upstream = {}
+            pending = None
+            for dep in st.reads:
+                if dep in will_run:
+                    pending = f"upstream stage {dep} will run"
+                    break
+                man = read_manifest(self.ws.stage_dir(dep))
+                if man is None:
+                    pending = (f"needs stage {dep}, which is not built" if dep not in selected_names
+                               else f"upstream stage {dep} will run")
+                    break
+                upstream[dep] = man["output_hash"]
+            if pending:
+                action = "blocked" if pending.startswith("needs") else "run"
+                entries.append(PlanEntry(st.name, action, pending))
+                if action == "run":
+                    will_run.add(st.name)
+                continue
+            parts = fingerprint_parts(st, self.spec, upstream)
+            fp = hash_obj(parts)
+            manifest, outputs = self._current(st)
+            reason = "forced" if st.name in force else _why_stale(parts, manifest, outputs)
+            if reason is None:
+                entries.append(PlanEntry(st.name, "skip", "unchanged", fp))
+            else:
+                entries.append(PlanEntry(st.name, "run", reason, fp))
+                will_run.add(st.name)
+        return entries
+
+    # ----------------------------------------------------------- build
+    def build(self, until: Optional[str] = None, only: Iterable[str] = (), force: Iterable[str] = (),
+              on_error: str = "fail") -> BuildResult:
+        if on_error not in ("fail", "keep-going"):
+            raise UsageError(f"--on-error must be fail or keep-going, not {on_error!r}")
+        force = set(force or ())
+        selected = self.select(until, only)
+        for name in force:
+            registry.get(name)
+        result = BuildResult(str(self.ws.root))
+        with self.ws.lock():
+            self._executor = make_executor(self.executor_name, workers=self.workers, **self.executor_options)
+            try:
+                for st in selected:
+                    self._build_one(st, force, result, on_error)
+            finally:
+                self._executor.close()
+        return result
+
+    def _build_one(self, st: Stage, force: set, result: BuildResult, on_error: str) -> None:
+        upstream = {}
+        for dep in st.reads:
+            if dep in result.failed or dep in result.blocked:
+                result.blocked.append(st.name)
+                result.entries.append(PlanEntry(st.name, "blocked", f"upstream stage {dep} failed"))
+                return
+            man = read_manifest(self.ws.stage_dir(dep))
+            if man is None:
+                raise UsageError(f"stage {st.name} needs stage {dep}, which is not built; "
+                                 f"run `twin build --until {dep}` first")
+            upstream[dep] = man["output_hash"]
+        parts = fingerprint_parts(st, self.spec, upstream)
+        fp = hash_obj(parts)
+        manifest, outputs = self._current(st)
+        reason = "forced" if st.name in force else _why_stale(parts, manifest, outputs)
+        if reason is None:
+            log.info("%s: unchanged, skipping", st.name)
+            result.skipped.append(st.name)
+            result.entries.append(PlanEntry(st.name, "skip", "unchanged", fp))
+            return
+        log.info("%s: running (%s)", st.name, reason)
+        result.entries.append(PlanEntry(st.name, "run", reason, fp))
+        try:
+            self._run_stage(st, parts, fp, upstream)
+        except TwinError as exc:
+            err = exc if isinstance(exc, StageError) else StageError(st.name, str(exc))
+            result.failed[st.name] = str(err)
+            log.error("%s", err)
+            if on_error == "fail":
+                raise err from exc
+        except Exception as exc:  # noqa: BLE001 - any crash inside a stage is that stage's failure
+            err = StageError(st.name, f"{type(exc).__name__}: {exc}")
+            result.failed[st.name] = str(err)
+            log.exception("stage %s crashed", st.name)
+            if on_error == "fail":
+                raise err from exc
+        else:
+            result.ran.append(st.name)
+
+    def _run_stage(self, st: Stage, parts: dict, fp: str, upstream: dict[str, str]) -> None:
+        staging = self.ws.staging_dir(st.name)
+        marker = staging / "fingerprint"
+        if staging.exists() and (not marker.is_file() or marker.read_text().strip() != fp):
+            shutil.rmtree(staging)
+        out, journal = staging / "out", staging / "journal"
+        out.mkdir(parents=True, exist_ok=True)
+        journal.mkdir(parents=True, exist_ok=True)
+        if not marker.is_file():
+            atomic_write_text(marker, fp + "\n")
+        models = {role: resolve(role, self.spec) for role in st.model_roles}
+        ctx = StageContext(stage=st, spec=self.spec, out=out, journal=journal,
+                           inputs={dep: self.ws.stage_dir(dep) for dep in st.reads},
+                           executor=self._executor, models=models, progress=self.progress,
+                           cache=self.ws.root / ".cache" / st.name)
+        started = time.time()
+        t0 = time.perf_counter()
+        counts = st.run(ctx) or {}
+        seconds = time.perf_counter() - t0
+        files = tree_files(out)
+        manifest = {
+            "stage": st.name,
+            "version": st.version,
+            "fingerprint": fp,
+            "fingerprint_parts": parts,
+            "inputs": upstream,
+            "outputs": files,
+            "output_hash": tree_hash(files),
+            "counts": counts,
+            "items": {"failed": len(ctx.failures), "resumed": ctx.resumed_items},
+            "failures": ctx.failures,
+            "models": {role: m.as_record() for role, m in models.items()},
+            "timings": {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+                        "seconds": round(seconds, 3)},
+            "executor": {"name": self._executor.name, "workers": self._executor.workers},
+            "libraries": _lib_versions(st.libraries),
+        }
+        atomic_write_json(out / MANIFEST, manifest)
+        self.ws.publish(st.name, out)
+        shutil.rmtree(staging, ignore_errors=True)
+        log.info("%s: done in %.1f s (%s)", st.name, seconds,
+                 ", ".join(f"{k}={v}" for k, v in counts.items() if isinstance(v, (int, float))))
+
+    # ----------------------------------------------------------- status / clean
+    def status(self) -> list[dict]:
+        plan = {e.stage: e for e in self.plan()}
+        rows = []
+        for st in registry.stages():
+            manifest = read_manifest(self.ws.stage_dir(st.name))
+            entry = plan.get(st.name)
+            rows.append({
+                "stage": st.name,
+                "built": manifest is not None,
+                "up_to_date": bool(entry and entry.action == "skip"),
+                "reason": entry.reason if entry else "",
+                "finished": manifest["timings"]["started"] if manifest else None,
+                "seconds": manifest["timings"]["seconds"] if manifest else None,
+                "counts": manifest.get("counts", {}) if manifest else {},
+                "failures": len(manifest.get("failures", [])) if manifest else 0,
+                "interrupted": self.ws.staging_dir(st.name).exists(),
+            })
+        return rows
+
+    def clean(self, stage: Optional[str] = None) -> list[str]:
+        with self.ws.lock():
+            if stage:
+                registry.get(stage)
+                return [stage] if self.ws.remove_stage(stage) else []
+            removed = [s.name for s in registry.stages() if self.ws.remove_stage(s.name)]
+            for extra in (".staging", ".trash"):
+                shutil.rmtree(self.ws.root / extra, ignore_errors=True)
+            return removed

@@ -1,0 +1,113 @@
+"""The stage contract.
+
+A stage declares its name, a version string, the upstream stages it reads, the parts of
+the spec it depends on, the model roles it uses and the external files it reads. The
+runner fingerprints exactly these; ``run(ctx)`` writes outputs under ``ctx.out`` and
+returns counts for the manifest. Per-item work goes through ``ctx.map`` so that it is
+journaled (a killed run resumes at the next unfinished item) and runs on any executor.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Optional, Sequence
+
+from .cache import atomic_write_json, read_json
+from .progress import NullProgress, ProgressHook
+from .spec import Strict
+
+
+class NoSettings(Strict):
+    """This stage has no settings."""
+
+
+class Stage:
+    name: ClassVar[str]
+    version: ClassVar[str]
+    summary: ClassVar[str] = ""
+    reads: ClassVar[tuple[str, ...]] = ()
+    #: dotted spec sections that decide this stage's result; ``stages.<name>`` is always added.
+    spec_keys: ClassVar[tuple[str, ...]] = ()
+    #: model roles (twin.models) whose resolved ids enter the fingerprint.
+    model_roles: ClassVar[tuple[str, ...]] = ()
+    #: distributions whose versions go into the manifest.
+    libraries: ClassVar[tuple[str, ...]] = ()
+    Settings: ClassVar[type[Strict]] = NoSettings
+
+    def all_spec_keys(self) -> tuple[str, ...]:
+        return tuple(self.spec_keys) + (f"stages.{self.name}",)
+
+    def external_inputs(self, spec) -> dict[str, Path]:
+        """Files outside the workspace this stage reads (local sources), by a stable label."""
+        return {}
+
+    def run(self, ctx: "StageContext") -> dict:
+        raise NotImplementedError(f"stage {self.name} has no run()")
+
+
+class StageContext:
+    """What a running stage gets: its settings, its folders, an executor, progress."""
+
+    def __init__(self, *, stage: Stage, spec, out: Path, journal: Path, inputs: dict[str, Path],
+                 executor, models: dict, progress: ProgressHook | None = None, cache: Path | None = None):
+        self.stage = stage
+        self.spec = spec
+        self.settings = getattr(spec.stages, stage.name)
+        self.out = out
+        self.journal = journal
+        #: a folder that outlives builds (download caches); never part of the outputs
+        self.cache = cache or journal.parent / "cache"
+        self.inputs = inputs
+        self.executor = executor
+        self.models = models
+        self.progress = progress or NullProgress()
+        self.log = logging.getLogger(f"twin.stage.{stage.name}")
+        self.failures: list[dict] = []
+        self.resumed_items = 0
+
+    def input(self, name: str) -> Path:
+        return self.inputs[name]
+
+    def fail_item(self, key: str, reason: str, **extra) -> None:
+        self.failures.append({"item": key, "reason": reason, **extra})
+        self.log.warning("%s: %s", key, reason)
+
+    def map(self, fn: Callable[[Any, dict], dict], items: Sequence[Any], key: Callable[[Any], str],
+            params: Optional[dict] = None, step: Optional[str] = None) -> list[tuple[Any, bool, Any]]:
+        """Run ``fn(item, params)`` for every item; returns ``(item, ok, result_or_reason)`` in order.
+
+        Finished items are journaled, so a rerun after a kill does only the rest. A failing
+        item is recorded (``ctx.failures``) and the others go on.
+        """
+        params = dict(params or {})
+        step = step or self.stage.name
+        jdir = self.journal / (fn.__module__ + "." + fn.__qualname__).replace("/", "_")
+        keys = [key(it) for it in items]
+        if len(set(keys)) != len(keys):
+            raise ValueError(f"stage {self.stage.name}: item keys are not unique")
+        results: list[Any] = [None] * len(items)
+        todo = []
+        for i, k in enumerate(keys):
+            entry = jdir / (hashlib.sha256(k.encode()).hexdigest()[:32] + ".json")
+            if entry.is_file():
+                rec = read_json(entry)
+                results[i] = (items[i], rec["ok"], rec["value"])
+                self.resumed_items += 1
+            else:
+                todo.append(i)
+        done = len(items) - len(todo)
+        self.progress(step, done, len(items))
+        if self.resumed_items and todo:
+            self.log.info("%s: resuming, %d of %d items already done", step, done, len(items))
+        for j, ok, value in self.executor.map(fn, [items[i] for i in todo], params):
+            i = todo[j]
+            entry = jdir / (hashlib.sha256(keys[i].encode()).hexdigest()[:32] + ".json")
+            atomic_write_json(entry, {"key": keys[i], "ok": ok, "value": value})
+            results[i] = (items[i], ok, value)
+            done += 1
+            self.progress(step, done, len(items))
+        for i, (item, ok, value) in enumerate(results):
+            if not ok:
+                self.failures.append({"item": keys[i], "reason": value})
+        return results
