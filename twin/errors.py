@@ -25,7 +25,7 @@ class SpecError(UsageError):
     def __init__(self, path: str, problems: list[str]):
         self.path = path
         self.problems = list(problems)
-        super().__init__(f"{path}: " + "; ".join(self.problems))
+        super().__init__("; ".join(self.problems))
 
 
 class ConsentError(SpecError):

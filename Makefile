@@ -1,0 +1,25 @@
+# `make demo` and `make test` set everything up themselves (scripts/setup.sh), then run.
+SPEC ?= persona_specs/demo.yaml
+PYTEST_ARGS ?=
+
+.PHONY: setup demo test bench media clean
+
+setup:
+	@bash scripts/setup.sh
+
+demo: setup
+	.venv/bin/twin build $(SPEC)
+	.venv/bin/twin status $(SPEC)
+
+test: setup
+	.venv/bin/python -m pytest -m "" $(PYTEST_ARGS) tests
+
+bench: setup
+	.venv/bin/python bench/run.py
+
+# Regenerate the demo persona's media and texts (committed; needs espeak-ng, sox, ffmpeg).
+media: setup
+	.venv/bin/python persona_specs/demo/make_demo.py
+
+clean:
+	rm -rf twin-work

@@ -1,0 +1,139 @@
+"""The runner: caching, reasons, atomic publication, kill -9 and resume, the workspace lock."""
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import TWIN, run_twin, sine_wav, write_spec
+from twin.cache import read_manifest, tree_files
+from twin.runner import Runner
+from twin.spec import load_spec
+from twin.workspace import Workspace
+
+
+def many_audio_spec(folder: Path, n: int, seconds: float = 30.0) -> Path:
+    media = folder / "media"
+    media.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        sine_wav(media / f"tone{i:02d}.wav", seconds=seconds, freq=200 + 37 * i, rate=44100)
+    lines = ["id: many-tones", "name: Many Tones", 'consent: {basis: self, evidence: "test"}', "workspace: ws",
+             "sources:", "  videos:"]
+    lines += [f"    - media/tone{i:02d}.wav" for i in range(n)]
+    lines += ["  posts: [demo/posts.jsonl]", "  facts: [demo/bio.md]"]
+    path = folder / "spec.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_second_build_does_no_work_and_says_so(spec_dir):
+    spec = many_audio_spec(spec_dir, 2, seconds=1)
+    first = run_twin("build", spec)
+    assert first.returncode == 0, first.stderr
+    assert "built fetch" in first.stdout
+    manifest = read_manifest(spec_dir / "ws" / "fetch")
+    second = run_twin("build", spec)
+    assert second.returncode == 0
+    assert "nothing to do" in second.stdout and "unchanged, skipping" in second.stderr
+    assert read_manifest(spec_dir / "ws" / "fetch") == manifest  # not even rewritten
+    plan = run_twin("plan", spec)
+    assert plan.stdout.split()[:2] == ["skip", "fetch"]
+
+
+def test_changes_are_detected_with_reasons(spec_dir):
+    path = many_audio_spec(spec_dir, 2, seconds=1)
+    runner = Runner(load_spec(path))
+    runner.build()
+    assert runner.plan()[0].action == "skip"
+    # an input file changes
+    sine_wav(spec_dir / "media" / "tone01.wav", seconds=1, freq=999, rate=44100)
+    entry = Runner(load_spec(path)).plan()[0]
+    assert entry.action == "run" and "sources.videos[1] changed" in entry.reason
+    Runner(load_spec(path)).build()
+    # the stage's spec section changes
+    path.write_text(path.read_text() + "stages:\n  fetch: {retries: 1}\n")
+    entry = Runner(load_spec(path)).plan()[0]
+    assert entry.action == "run" and "spec settings" in entry.reason
+    Runner(load_spec(path)).build()
+    # an irrelevant part of the spec (the display name) does not invalidate fetch
+    path.write_text(path.read_text().replace("name: Many Tones", "name: Many Tones Renamed"))
+    assert Runner(load_spec(path)).plan()[0].action == "skip"
+    # outputs tampered with
+    (spec_dir / "ws" / "fetch" / "posts.jsonl").write_text("{}\n")
+    entry = Runner(load_spec(path)).plan()[0]
+    assert entry.action == "run" and "modified" in entry.reason
+    # forced
+    Runner(load_spec(path)).build()
+    assert Runner(load_spec(path)).plan(force=["fetch"])[0].reason == "forced"
+
+
+def test_status_json_and_clean(spec_dir):
+    spec = many_audio_spec(spec_dir, 1, seconds=1)
+    assert run_twin("build", spec).returncode == 0
+    rows = json.loads(run_twin("status", spec, "--json").stdout)
+    fetch = next(r for r in rows if r["stage"] == "fetch")
+    assert fetch["built"] and fetch["up_to_date"] and fetch["counts"]["videos"] == 1
+    out = run_twin("clean", spec, "--stage", "fetch")
+    assert out.returncode == 0 and "removed fetch" in out.stdout
+    assert not (spec_dir / "ws" / "fetch").exists()
+    assert run_twin("clean", spec, "--stage", "nope").returncode == 2
+
+
+def test_second_concurrent_build_is_refused(spec_dir):
+    spec = many_audio_spec(spec_dir, 1, seconds=1)
+    with Workspace(spec_dir / "ws").lock():
+        out = run_twin("build", spec)
+        assert out.returncode == 2
+        assert "is being built by pid" in out.stderr and str(os.getpid()) in out.stderr
+        assert not (spec_dir / "ws" / "fetch").exists()
+    assert run_twin("build", spec).returncode == 0
+
+
+@pytest.mark.slow
+def test_kill9_mid_stage_resumes_to_identical_outputs(spec_dir, tmp_path):
+    spec = many_audio_spec(spec_dir, 16, seconds=40)
+    ws = spec_dir / "ws"
+    journal = ws / ".staging" / "fetch" / "journal"
+    proc = subprocess.Popen([TWIN, "build", str(spec)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        done = list(journal.rglob("*.json")) if journal.exists() else []
+        if len(done) >= 3:
+            break
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    done_before = len(list(journal.rglob("*.json")))
+    assert 3 <= done_before < 16, "the kill did not land mid-stage"
+    assert not (ws / "fetch").exists(), "a killed stage must not publish outputs"
+    assert "(interrupted run will resume)" in run_twin("status", spec).stdout
+
+    resumed = run_twin("build", spec)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming" in resumed.stderr
+    manifest = read_manifest(ws / "fetch")
+    assert manifest["items"]["resumed"] == done_before
+    assert not (ws / ".staging" / "fetch").exists()
+
+    # An uninterrupted build of the same spec in another workspace gives the same bytes.
+    clean_ws = tmp_path / "clean-ws"
+    fresh = run_twin("build", spec, "--workspace", clean_ws)
+    assert fresh.returncode == 0, fresh.stderr
+    assert tree_files(clean_ws / "fetch") == tree_files(ws / "fetch")
+    assert read_manifest(clean_ws / "fetch")["output_hash"] == manifest["output_hash"]
+    assert manifest["counts"]["videos"] == 16
+
+
+@pytest.mark.slow
+def test_two_workers_give_the_same_outputs_as_one(spec_dir, tmp_path):
+    spec = many_audio_spec(spec_dir, 6, seconds=5)
+    one = run_twin("build", spec, "--workspace", tmp_path / "w1")
+    two = run_twin("build", spec, "--workspace", tmp_path / "w2", "--workers", "2")
+    assert one.returncode == 0 and two.returncode == 0, two.stderr
+    m1, m2 = read_manifest(tmp_path / "w1" / "fetch"), read_manifest(tmp_path / "w2" / "fetch")
+    assert m1["output_hash"] == m2["output_hash"]
+    assert m2["executor"] == {"name": "local", "workers": 2}
