@@ -142,12 +142,11 @@ def _fetch_local_media(item: dict, params: dict) -> list[dict]:
     return [_record(item, url=None, canonical_url=None, retrieved_at=None, **rec)]
 
 
-def _ytdlp_options(item: dict, params: dict, cache: Path, seen: list) -> dict:
+def _ytdlp_options(item: dict, params: dict, cache: Path) -> dict:
     src = item["source"]
     opt = params["opt_out"]
 
     def match_filter(info, incomplete=False):
-        seen.append(info.get("id"))
         hit = _opt_out_match(opt, url=info.get("webpage_url") or info.get("url"),
                              texts=(info.get("title"), info.get("uploader")),
                              channels=(info.get("uploader"), info.get("uploader_id"), info.get("channel"),
@@ -163,7 +162,7 @@ def _ytdlp_options(item: dict, params: dict, cache: Path, seen: list) -> dict:
 
     options = {
         "format": "bestaudio/best",
-        "outtmpl": str(cache / "raw" / "%(extractor)s-%(id)s.%(ext)s"),
+        "outtmpl": str(cache / "%(extractor)s-%(id)s.%(ext)s"),
         "download_archive": str(cache / "archive.txt"),
         "writeinfojson": True,
         "writesubtitles": params["subtitles"],
@@ -225,27 +224,40 @@ def _entries(info: dict) -> list[dict]:
     return [info]
 
 
+def _media_file(udir: Path, base: str) -> Optional[Path]:
+    """The downloaded media file of entry ``base`` (not its info.json, subtitles or partials)."""
+    for p in sorted(udir.glob(glob_escape(base) + ".*")):
+        if not p.name.endswith((".json", ".vtt", ".srt", ".part", ".ytdl", ".tmp")):
+            return p
+    return None
+
+
+def glob_escape(text: str) -> str:
+    return re.sub(r"([*?\[])", r"[\1]", text)
+
+
 def _fetch_url_media(item: dict, params: dict) -> list[dict]:
+    """Download a URL (video, playlist, channel) with yt-dlp into a per-URL cache folder.
+
+    The folder keeps yt-dlp's download archive and an index of what the URL gave. A single
+    video already in the cache is reused without any network access; a playlist is listed
+    again and only entries not in the archive are downloaded.
+    """
     import yt_dlp
-    cache = Path(params["cache"])
-    (cache / "raw").mkdir(parents=True, exist_ok=True)
-    index_path = cache / "urls.json"
-    index = json.loads(index_path.read_text()) if index_path.is_file() else {}
     url = item["location"]
     hit = _opt_out_match(params["opt_out"], url=url)
     if hit:
         return [_record(item, url=url, status="skipped", reason=f"opt-out: {hit}")]
-    known = index.get(url)
-    downloaded: list[dict] = []
-    if known and not known.get("playlist") and all((cache / "raw" / f).is_file() for f in known["files"]):
-        # A single video already downloaded: no network at all.
-        infos = [json.loads((cache / "raw" / f).read_text()) for f in known["infos"]]
-    else:
+    udir = Path(params["cache"]) / "raw" / _sha(url)[:16]
+    udir.mkdir(parents=True, exist_ok=True)
+    index_path = udir / "index.json"
+    index = json.loads(index_path.read_text()) if index_path.is_file() else {"url": url, "entries": {}}
+    records: list[dict] = []
+    cached = index["entries"] and all(_media_file(udir, b) for b in index["entries"])
+    if not (cached and not index.get("playlist")):
         logger = _Logger()
-        seen: list = []
-        options = _ytdlp_options(item, params, cache, seen)
+        options = _ytdlp_options(item, params, udir)
         options["logger"] = logger
-        options["progress_hooks"] = []
         try:
             with yt_dlp.YoutubeDL(options) as ydl:
                 info = ydl.extract_info(url, download=True)
@@ -253,38 +265,22 @@ def _fetch_url_media(item: dict, params: dict) -> list[dict]:
         except yt_dlp.utils.DownloadError as exc:
             reason = logger.errors[-1] if logger.errors else str(exc)
             return [_record(item, url=url, status="failed", reason=reason.strip())]
-        entries = _entries(info)
-        if info is None or (not entries and not known):
-            reason = logger.errors[-1] if logger.errors else "nothing downloadable at this URL"
-            return [_record(item, url=url, status="failed", reason=reason.strip())]
-        files = list((known or {}).get("files", []))
-        infos_list = list((known or {}).get("infos", []))
-        for e in entries:
+        now = _now()
+        for e in _entries(info):
             base = f"{e.get('extractor')}-{e.get('id')}"
-            media = next((p for p in sorted((cache / "raw").glob(base + ".*"))
-                          if p.suffix not in (".json", ".vtt", ".srt", ".part", ".ytdl")
-                          and not p.name.endswith(".info.json")), None)
-            if media is None:
-                continue
-            info_file = cache / "raw" / f"{base}.info.json"
-            e.setdefault("_retrieved_at", _now())
-            atomic_write_json(info_file, {**e, "_retrieved_at": e["_retrieved_at"]}) if not info_file.is_file() \
-                else None
-            if media.name not in files:
-                files.append(media.name)
-                infos_list.append(info_file.name)
-        for err in logger.errors:
-            downloaded.append(_record(item, url=url, status="failed", reason=err.strip()))
-        index[url] = {"playlist": info.get("_type") in ("playlist", "multi_video"), "files": files,
-                      "infos": infos_list}
+            if _media_file(udir, base) is not None and base not in index["entries"]:
+                index["entries"][base] = {"retrieved_at": now}
+        index["playlist"] = bool(info and info.get("_type") in ("playlist", "multi_video"))
         atomic_write_json(index_path, index)
-        infos = [json.loads((cache / "raw" / f).read_text()) for f in infos_list]
+        for err in logger.errors:
+            records.append(_record(item, url=url, status="failed", reason=err.strip()))
+        if not index["entries"] and not records:
+            records.append(_record(item, url=url, status="failed", reason="nothing downloadable at this URL"))
     out = Path(params["out"])
-    records = list(downloaded)
-    for info in infos:
-        base = f"{info.get('extractor')}-{info.get('id')}"
-        media = next((p for p in sorted((cache / "raw").glob(base + ".*"))
-                      if not p.name.endswith((".json", ".vtt", ".srt", ".part"))), None)
+    for base, meta in sorted(index["entries"].items()):
+        media = _media_file(udir, base)
+        info_file = udir / f"{base}.info.json"
+        info = json.loads(info_file.read_text()) if info_file.is_file() else {}
         page = info.get("webpage_url") or url
         if media is None:
             records.append(_record(item, url=page, status="failed", reason="download missing from cache"))
@@ -305,14 +301,13 @@ def _fetch_url_media(item: dict, params: dict) -> list[dict]:
         atomic_write_json(out / "media" / f"{rec['id']}.info.json", slim)
         subs = []
         if params["subtitles"]:
-            for sub in sorted((cache / "raw").glob(base + ".*.vtt")):
+            for sub in sorted(udir.glob(glob_escape(base) + ".*.vtt")):
                 lang = sub.name[len(base) + 1:-4]
                 atomic_copy(sub, out / "media" / f"{rec['id']}.{lang}.vtt")
                 subs.append({"lang": lang, "path": f"media/{rec['id']}.{lang}.vtt"})
-        records.append(_record(item, url=page, canonical_url=canonical_url(page),
-                               retrieved_at=info.get("_retrieved_at"), subtitles=subs,
-                               uploader=info.get("uploader"), licence=item.get("licence") or info.get("license"),
-                               **rec))
+        records.append(_record(item, url=page, canonical_url=canonical_url(page), retrieved_at=meta["retrieved_at"],
+                               subtitles=subs, uploader=info.get("uploader"),
+                               licence=item.get("licence") or info.get("license"), **rec))
     return records
 
 

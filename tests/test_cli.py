@@ -1,0 +1,41 @@
+"""The CLI as a user meets it: the demo build, fast help, exit codes."""
+import subprocess
+import sys
+import time
+
+from conftest import ROOT, TWIN, run_twin
+from twin.cache import read_jsonl, read_manifest
+
+
+def test_help_is_fast_and_imports_no_heavy_libraries():
+    t0 = time.perf_counter()
+    out = subprocess.run([TWIN, "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "build" in out.stdout
+    assert time.perf_counter() - t0 < 5
+    probe = subprocess.run([sys.executable, "-c", "import sys, cli, twin.runner, twin.spec; twin.spec.spec_class(); "
+                            "print(sorted(m for m in ('torch', 'whisperx', 'transformers', 'yt_dlp') if m in sys.modules))"],
+                           capture_output=True, text=True, cwd=ROOT)
+    assert probe.stdout.strip() == "[]", probe.stderr
+
+
+def test_unknown_stage_and_bad_options_are_usage_errors():
+    spec = ROOT / "persona_specs" / "demo.yaml"
+    out = run_twin("build", spec, "--until", "teleport", "--workspace", "/tmp/twin-never")
+    assert out.returncode == 2 and "unknown stage 'teleport'" in out.stderr
+    assert run_twin("build", spec, "--workers", "0").returncode == 2
+
+
+def test_demo_build_end_to_end(tmp_path):
+    spec = ROOT / "persona_specs" / "demo.yaml"
+    ws = tmp_path / "ws"
+    out = run_twin("build", spec, "--workspace", ws)
+    assert out.returncode == 0, out.stderr
+    fetch = read_manifest(ws / "fetch")
+    assert fetch["counts"]["videos"] == 2 and fetch["counts"]["posts"] >= 150
+    assert fetch["counts"]["failed"] == 0
+    posts = read_jsonl(ws / "fetch" / "posts.jsonl")
+    assert not any(p["text"].startswith("RT @") for p in posts)  # reposts are not her words
+    assert sum(1 for p in posts if p["reply_to_text"]) >= 20       # replies keep what they answer
+    assert fetch["libraries"]["yt-dlp"] != "not installed"
+    again = run_twin("build", spec, "--workspace", ws)
+    assert "nothing to do" in again.stdout

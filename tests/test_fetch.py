@@ -1,0 +1,266 @@
+"""fetch against a real HTTP server on 127.0.0.1: media, pages, feeds, a wiki API, failures."""
+import json
+import re
+import threading
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+import soundfile as sf
+
+from conftest import DEMO, run_twin, write_spec
+from twin.cache import read_jsonl
+from twin.errors import StageError
+from twin.runner import Runner
+from twin.spec import load_spec
+
+pytestmark = pytest.mark.network
+
+# TextExtracts' plain-text form: "== Heading ==" lines, no page title.
+BIO_EXTRACT = re.sub(r"^## (.*)$", r"== \1 ==", (DEMO / "bio.md").read_text(), flags=re.M).replace("# Tamsin Vell\n", "")
+
+ARTICLE = """<!doctype html><html><head><title>Kelp farmer wins prize</title></head><body>
+<nav><a href="/">Home</a> | <a href="/news">News</a></nav>
+<article><h1>Kelp farmer wins prize</h1>
+<p>Tamsin Vell, who farms twelve hectares of kelp in Ardley Bay, has won the Blue Shore Prize for
+sustainable aquaculture. The prize of fifteen thousand pounds will pay for a larger seedling hatchery.</p>
+<p>Vell founded Ardley Bay Kelp in 2016 with two ropes and a borrowed boat. The farm now employs seven
+people and harvests about forty tonnes of kelp each year.</p>
+<h2>A school programme</h2>
+<p>Each spring the farm brings local children out onto the bay to see how kelp grows on long lines.</p>
+</article><footer>Copyright Port Ardley Gazette. Cookie settings.</footer></body></html>"""
+
+FEED = """<?xml version="1.0"?><rss version="2.0"><channel><title>Tide notes</title>
+<item><title>Tide report</title><link>http://example.test/1</link><guid>n1</guid>
+<description>&lt;p&gt;Lines checked, kelp happy, me soaked.&lt;/p&gt;</description>
+<pubDate>Mon, 06 Jan 2025 07:00:00 GMT</pubDate></item>
+<item><title>Hatchery</title><link>http://example.test/2</link><guid>n2</guid>
+<description>The seedlings are thriving. Honestly proud.</description></item>
+<item><title>Storm</title><link>http://example.test/3</link><guid>n3</guid>
+<description>Doubled the anchors tonight.</description></item>
+</channel></rss>"""
+
+
+class Server:
+    def __init__(self):
+        self.hits = Counter()
+        self.routes = {}
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def _serve(self, body_too):
+                path = self.path.split("?")[0]
+                server.hits[(self.command, path)] += 1
+                if path not in server.routes:
+                    self.send_error(404, "Not Found")
+                    return
+                ctype, body = server.routes[path]
+                if callable(body):
+                    body = body(self.path)
+                self.send_response(200)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if body_too:
+                    self.wfile.write(body)
+
+            def do_GET(self):
+                self._serve(True)
+
+            def do_HEAD(self):
+                self._serve(False)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def media_gets(self):
+        return sum(n for (cmd, path), n in self.hits.items() if cmd == "GET" and path.startswith("/media/"))
+
+    def close(self):
+        self.httpd.shutdown()
+
+
+def wiki_api(query):
+    assert "action=query" in query and "titles=Tamsin+Vell" in query, query
+    return json.dumps({"query": {"pages": [{"title": "Tamsin Vell", "pageid": 7, "lastrevid": 4242,
+                                             "fullurl": "http://wiki.test/wiki/Tamsin_Vell",
+                                             "extract": BIO_EXTRACT}]}}).encode()
+
+
+@pytest.fixture
+def server():
+    s = Server()
+    s.routes.update({
+        "/media/talk.ogg": ("audio/ogg", (DEMO / "panel.ogg").read_bytes()),
+        "/media/enroll.ogg": ("audio/ogg", (DEMO / "enroll.ogg").read_bytes()),
+        "/media/corrupt.mp3": ("audio/mpeg", b"\x00not audio at all\xff" * 900),
+        "/watch/enroll.html": ("text/html", b'<html><head><title>Enrollment talk</title></head><body>'
+                                            b'<video controls src="/media/enroll.ogg"></video></body></html>'),
+        "/feed.xml": ("application/rss+xml", FEED.encode()),
+        "/news/prize.html": ("text/html; charset=utf-8", ARTICLE.encode()),
+        "/w/api.php": ("application/json", wiki_api),
+    })
+    yield s
+    s.close()
+
+
+def http_spec(folder: Path, url: str, extra_video: str = "") -> Path:
+    lines = ["id: web-person", "name: Tamsin Vell", 'consent: {basis: self, evidence: "test"}', "workspace: ws",
+             "sources:", "  allow_local: true", "  videos:",
+             f"    - {url}/media/talk.ogg",
+             f"    - {url}/watch/enroll.html",
+             f"    - {url}/media/talk.ogg#again",
+             f"    - {url}/media/corrupt.mp3",
+             f"    - {url}/media/gone.ogg"]
+    if extra_video:
+        lines.append(f"    - {extra_video}")
+    lines += ["  posts:", f"    - {url}/feed.xml", f"    - {{url: '{url}/news/prize.html', format: page}}",
+              f"    - {url}/missing.xml",
+              "  facts:", f"    - {url}/wiki/Tamsin_Vell", f"    - {url}/news/prize.html"]
+    path = folder / "spec.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.mark.slow
+def test_fetch_over_http(spec_dir, server):
+    spec = http_spec(spec_dir, server.url)
+    result = Runner(load_spec(spec)).build()
+    assert result.ran == ["fetch"]
+    out = spec_dir / "ws" / "fetch"
+    prov = read_jsonl(out / "provenance.jsonl")
+    by = {(r["location"], r["status"]): r for r in prov}
+
+    # media: downloaded through yt-dlp (direct link and an HTML5 <video> page), normalised to 16 kHz mono PCM
+    videos = read_jsonl(out / "videos.jsonl")
+    assert len(videos) == 2
+    for v in videos:
+        info = sf.info(out / v["path"])
+        assert (info.samplerate, info.channels, info.subtype) == (16000, 1, "PCM_16")
+        assert abs(v["duration"] - info.frames / 16000) < 0.01
+    talk = by[(f"{server.url}/media/talk.ogg", "ok")]
+    assert talk["canonical_url"] == f"{server.url}/media/talk.ogg" and talk["retrieved_at"].endswith("Z")
+    assert len(talk["sha256"]) == 64 and talk["size"] > 0 and abs(talk["duration"] - 45.6) < 0.5
+    page = by[(f"{server.url}/watch/enroll.html", "ok")]
+    assert 9 < page["duration"] < 12
+    assert (out / "media" / f"{page['id']}.info.json").is_file()
+
+    # dedup: the same media under another URL is recorded as a duplicate, not fetched twice into outputs
+    dup = by[(f"{server.url}/media/talk.ogg#again", "duplicate")]
+    assert dup["reason"] == f"same content as {talk['id']}"
+
+    # failures carry their reasons; the rest went on
+    assert "cannot decode audio" in by[(f"{server.url}/media/corrupt.mp3", "failed")]["reason"]
+    assert "404" in by[(f"{server.url}/media/gone.ogg", "failed")]["reason"]
+    assert "404" in by[(f"{server.url}/missing.xml", "failed")]["reason"]
+    manifest = json.loads((out / "_manifest.json").read_text())
+    assert manifest["counts"]["failed"] == 3 and len(manifest["failures"]) == 3
+
+    # posts: the feed's entries, and the article's main text without navigation or footer
+    posts = read_jsonl(out / "posts.jsonl")
+    feed_posts = [p for p in posts if p["source"] == "sources.posts[0]"]
+    assert len(feed_posts) == 3 and feed_posts[0]["text"].startswith("Tide report")
+    assert "Lines checked, kelp happy" in feed_posts[0]["text"] and "<p>" not in feed_posts[0]["text"]
+    article = next(p for p in posts if p["source"] == "sources.posts[1]")
+    assert "Blue Shore Prize" in article["text"] and "Cookie" not in article["text"] and "Home" not in article["text"]
+
+    # facts: the MediaWiki API page with its sections and revision, and the article
+    facts = {f["source"]: f for f in read_jsonl(out / "facts.jsonl")}
+    wiki = facts["sources.facts[0]"]
+    assert wiki["title"] == "Tamsin Vell" and wiki["revision"] == 4242
+    titles = [s["title"] for s in wiki["sections"]]
+    assert {"Early life", "Career", "Awards"} <= set(titles)
+    assert "## Career" in (out / wiki["path"]).read_text()
+    assert "Blue Shore Prize" in (out / facts["sources.facts[1]"]["path"]).read_text()
+
+    # A rebuild after a spec change (one more source) downloads no media it already has.
+    gets = server.media_gets()
+    talk_gets = server.hits[("GET", "/media/talk.ogg")]
+    enroll_gets = server.hits[("GET", "/media/enroll.ogg")]
+    spec = http_spec(spec_dir, server.url, extra_video="demo/panel.ogg")
+    plan = Runner(load_spec(spec)).plan()
+    assert plan[0].action == "run" and "spec settings" in plan[0].reason
+    Runner(load_spec(spec)).build()
+    # only the corrupt file and the 404 are asked for again (they never made it into the cache)
+    assert server.hits[("GET", "/media/talk.ogg")] == talk_gets
+    assert server.hits[("GET", "/media/enroll.ogg")] == enroll_gets
+    assert server.media_gets() - gets <= 4
+    prov2 = read_jsonl(out / "provenance.jsonl")
+    local = next(r for r in prov2 if r["location"] == "demo/panel.ogg")
+    assert local["status"] == "duplicate"  # same bytes as talk.ogg: deduplicated by content hash
+
+
+def test_rerun_does_not_download_single_videos_again(spec_dir, server):
+    lines = ["id: web-person", "name: X", 'consent: {basis: self, evidence: "t"}', "workspace: ws",
+             "sources:", "  allow_local: true", "  videos:", f"    - {server.url}/media/enroll.ogg"]
+    spec = spec_dir / "s.yaml"
+    spec.write_text("\n".join(lines) + "\n")
+    Runner(load_spec(spec)).build()
+    first = server.media_gets()
+    assert first >= 1
+    Runner(load_spec(spec)).build(force=["fetch"])
+    assert server.media_gets() == first  # checked, not assumed
+
+
+def test_consent_opt_out_and_local_addresses(spec_dir, server):
+    base = ["id: web-person", "name: Tamsin Vell", 'consent: {basis: self, evidence: "t"}', "workspace: ws"]
+    # a private address without allow_local is refused at validation, naming the key
+    spec = spec_dir / "a.yaml"
+    spec.write_text("\n".join(base + ["sources:", f"  posts: ['{server.url}/feed.xml']"]) + "\n")
+    out = run_twin("validate", spec)
+    assert out.returncode == 2 and "allow_local" in out.stderr
+    # an opted-out domain is skipped with its reason; an opted-out persona is not built at all
+    spec.write_text("\n".join(base + ["sources:", "  allow_local: true", f"  posts: ['{server.url}/feed.xml',"
+                                      " demo/posts.jsonl]", "opt_out: {domains: ['127.0.0.1']}"]) + "\n")
+    Runner(load_spec(spec)).build()
+    prov = read_jsonl(spec_dir / "ws" / "fetch" / "provenance.jsonl")
+    assert prov[0]["status"] == "skipped" and prov[0]["reason"] == "opt-out: domain 127.0.0.1"
+    assert server.hits[("GET", "/feed.xml")] == 0
+    spec.write_text("\n".join(base + ["sources:", "  posts: [demo/posts.jsonl]", "opt_out: {names: ['tamsin vell']}"])
+                    + "\n")
+    with pytest.raises(StageError, match="opt-out list"):
+        Runner(load_spec(spec)).build()
+
+
+def test_nothing_usable_fails_and_keeps_reasons(spec_dir, server):
+    lines = ["id: web-person", "name: X", 'consent: {basis: self, evidence: "t"}', "workspace: ws", "sources:",
+             "  allow_local: true", f"  facts: ['{server.url}/nope.html']"]
+    spec = spec_dir / "s.yaml"
+    spec.write_text("\n".join(lines) + "\n")
+    out = run_twin("build", spec)
+    assert out.returncode == 1 and "nothing usable was fetched" in out.stderr
+    assert not (spec_dir / "ws" / "fetch").exists()
+
+
+def test_adhoc_fetch_cli(tmp_path, server):
+    out_dir = tmp_path / "out"
+    tweets = tmp_path / "tweets.js"
+    tweets.write_text('window.YTD.tweets.part0 = [{"tweet": {"id_str": "1", "full_text": "Kelp is great.", '
+                      '"created_at": "Mon Jan 06 07:00:00 +0000 2025"}}, {"tweet": {"id_str": "2", "full_text": '
+                      '"Agreed, it grows fast.", "in_reply_to_status_id_str": "1"}}, {"tweet": {"id_str": "3", '
+                      '"full_text": "RT @someone: not mine"}}]')
+    table = tmp_path / "export.csv"
+    table.write_text("post_id,body\n7,Steady tides everyone.\n8,\n")
+    res = run_twin("fetch", f"{server.url}/media/enroll.ogg", str(tweets), str(DEMO / "bio.md"), "--out", out_dir)
+    assert res.returncode == 0, res.stderr
+    prov = read_jsonl(out_dir / "provenance.jsonl")
+    assert [r["status"] for r in prov] == ["ok", "ok", "ok"]
+    wav = next(out_dir.glob("media/*.wav"))
+    assert sf.info(wav).samplerate == 16000
+    posts = read_jsonl(out_dir / "posts.jsonl")
+    assert [p["text"] for p in posts] == ["Kelp is great.", "Agreed, it grows fast."]
+    assert posts[1]["reply_to_text"] == "Kelp is great."
+    assert (out_dir / "facts").is_dir() and "Tamsin Vell" in next(out_dir.glob("facts/*.md")).read_text()
+    # a CSV with a named text field, and a bad field name named in the failure
+    res = run_twin("fetch", str(table), "--kind", "posts", "--out", tmp_path / "o2")
+    prov = read_jsonl(tmp_path / "o2" / "provenance.jsonl")
+    assert res.returncode == 1 and "no field 'text'" in prov[0]["reason"] and "body" in prov[0]["reason"]
+    # bad input is a usage error naming the file
+    res = run_twin("fetch", str(tmp_path / "absent.ogg"), "--out", tmp_path / "o3")
+    assert res.returncode == 2 and "absent.ogg: no such file" in res.stderr
