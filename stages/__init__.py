@@ -5,4 +5,7 @@ imports only from ``twin``.
 """
 PIPELINE = [
     "fetch",
+    "separate",
+    "diarize",
+    "identify",
 ]

@@ -1,0 +1,394 @@
+"""diarize: who spoke when, in every recording.
+
+Backends:
+  embedded  offline: a local pyannote segmentation model (3 speakers per 5 s window) →
+            one resemblyzer embedding per (window, local speaker) from its solo frames →
+            agglomerative clustering (cosine, a threshold, or a min/max speaker count) with
+            windows' own speakers kept apart → frame scores aggregated per global speaker →
+            hysteresis → segments, overlapping speech included.
+  pyannote  pyannote.audio's pretrained pipeline (``speaker-diarization-community-1`` by
+            default; a hub id with a token, or a local pipeline folder you trust).
+
+Outputs: ``<recording>.rttm``, ``segments.jsonl`` (recording, start, end, speaker, confidence,
+overlap) and ``speakers.jsonl`` (recording, speaker, talk time, centroid embedding), which
+identify reads.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+from pydantic import Field, model_validator
+
+from twin.cache import atomic_write_jsonl, atomic_write_text, read_jsonl
+from twin.errors import MissingDependency, StageError
+from twin.registry import register
+from twin.spec import Strict
+from twin.stage import Stage
+
+RATE = 16000
+
+
+class Settings(Strict):
+    backend: str = Field("auto", pattern="^(auto|embedded|pyannote)$",
+                         description="auto: embedded for profile embedded, pyannote for full")
+    min_speakers: Optional[int] = Field(None, ge=1, description="at least this many speakers per recording")
+    max_speakers: Optional[int] = Field(None, ge=1, description="at most this many speakers per recording")
+    threshold: float = Field(0.22, gt=0, lt=2, description="embedded: cosine distance that separates two speakers")
+    step: float = Field(1.0, gt=0, le=5, description="embedded: seconds between two segmentation windows")
+    onset: float = Field(0.5, gt=0, lt=1, description="embedded: speech starts above this score")
+    offset: float = Field(0.4, gt=0, lt=1, description="embedded: and ends below this one")
+    min_duration_on: float = Field(0.2, ge=0, description="drop speech turns shorter than this (s)")
+    min_duration_off: float = Field(0.3, ge=0, description="fill same-speaker gaps shorter than this (s)")
+    min_embed_seconds: float = Field(0.8, gt=0, description="embedded: solo speech needed to embed a local speaker")
+    noisy_margin_db: float = Field(4.0, ge=0, description="embedded: speech this far below the recording's median "
+                                   "SNR joins speakers but founds none")
+    min_cluster_fraction: float = Field(0.05, ge=0, lt=1, description="embedded: smaller clusters are outliers and "
+                                        "join their closest speaker")
+
+    @model_validator(mode="after")
+    def _counts(self):
+        if self.min_speakers and self.max_speakers and self.min_speakers > self.max_speakers:
+            raise ValueError("min_speakers is larger than max_speakers")
+        if self.offset > self.onset:
+            raise ValueError("offset must not be above onset")
+        return self
+
+
+# ----------------------------------------------------------------- embedded diarizer
+
+def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
+    """[start, end) index pairs of the True runs of a boolean vector."""
+    if not mask.any():
+        return []
+    d = np.diff(np.concatenate([[0], mask.astype(np.int8), [0]]))
+    return list(zip(np.nonzero(d == 1)[0], np.nonzero(d == -1)[0]))
+
+
+def _cluster(emb: np.ndarray, chunk_of: np.ndarray, threshold: float, min_k: Optional[int],
+             max_k: Optional[int]) -> np.ndarray:
+    """Average-linkage clustering on cosine distance; two local speakers of one window never merge."""
+    n = len(emb)
+    if n == 1:
+        return np.zeros(1, dtype=int)
+    sim = emb @ emb.T
+    dist = np.clip(1.0 - sim, 0.0, 2.0)
+    same_chunk = chunk_of[:, None] == chunk_of[None, :]
+    np.fill_diagonal(same_chunk, False)
+    dist[same_chunk] = 10.0  # cannot-link
+    labels = np.arange(n)
+    members = {i: [i] for i in range(n)}
+    cd = dist.copy()                     # average-linkage distances between live clusters
+    np.fill_diagonal(cd, np.inf)
+    active = set(range(n))
+    while len(active) > 1:
+        idx = sorted(active)
+        sub = cd[np.ix_(idx, idx)]
+        flat = int(np.argmin(sub))
+        a, b = idx[flat // len(idx)], idx[flat % len(idx)]
+        best = float(sub.flat[flat])
+        must_merge = bool(max_k) and len(active) > max_k
+        if min_k and len(active) <= min_k:
+            break
+        if not must_merge and (best > threshold or best >= 10.0):
+            break
+        na, nb = len(members[a]), len(members[b])
+        for c in active - {a, b}:
+            cd[a, c] = cd[c, a] = (cd[a, c] * na + cd[b, c] * nb) / (na + nb)
+        members[a] += members.pop(b)
+        active.remove(b)
+        cd[b, :] = np.inf
+        cd[:, b] = np.inf
+    for new, root in enumerate(sorted(active, key=lambda r: min(members[r]))):
+        labels[members[root]] = new
+    return labels
+
+
+def _assign(emb: np.ndarray, chunk_of: np.ndarray, centroids: np.ndarray, labels: np.ndarray,
+            fixed: np.ndarray) -> np.ndarray:
+    """Give unlabelled embeddings the closest speaker, never two of one window the same one."""
+    from scipy.optimize import linear_sum_assignment
+    labels = labels.copy()
+    sim = emb @ centroids.T
+    for c in np.unique(chunk_of[~fixed]):
+        idx = np.nonzero(chunk_of == c)[0]
+        free = [i for i in idx if not fixed[i]]
+        taken = {int(labels[i]) for i in idx if fixed[i]}
+        options = [j for j in range(len(centroids)) if j not in taken] or list(range(len(centroids)))
+        if len(free) <= len(options):
+            r, col = linear_sum_assignment(-sim[np.ix_(free, options)])
+            for a, b in zip(r, col):
+                labels[free[a]] = options[b]
+        else:
+            for i in free:
+                labels[i] = int(np.argmax(sim[i]))
+    return labels
+
+
+def _hysteresis(score: np.ndarray, onset: float, offset: float) -> np.ndarray:
+    out = np.zeros(len(score), dtype=bool)
+    on = False
+    for i, s in enumerate(score):
+        if not on and s > onset:
+            on = True
+        elif on and s < offset:
+            on = False
+        out[i] = on
+    return out
+
+
+def diarize_embedded(audio: np.ndarray, residual: Optional[np.ndarray], seg_model_path: str, enc_weights: str,
+                     s: dict) -> tuple[list, list]:
+    """(segments, speakers) for one 16 kHz mono recording (its vocals, and the separation residual)."""
+    local = local_speakers(audio, residual, seg_model_path, enc_weights, s)
+    return global_speakers(local, len(audio) / RATE, s)
+
+
+def local_speakers(audio: np.ndarray, residual: Optional[np.ndarray], seg_model_path: str, enc_weights: str,
+                   s: dict) -> dict:
+    """Segmentation scores per window, and an embedding per (window, local speaker) with solo speech.
+
+    Each embedding carries the SNR of its speech (vocals over residual energy): embeddings of
+    noisy or music-covered speech are unreliable, so they may join a speaker but not found one.
+    """
+    import torch
+    from pyannote.audio import Inference
+    from pyannote.core import SlidingWindowFeature  # noqa: F401 - the type Inference returns
+
+    from twin.speaker import embed, segmentation_model
+    model = segmentation_model(seg_model_path, "cpu")
+    duration = len(audio) / RATE
+    win = float(model.specifications.duration)
+    inference = Inference(model, duration=win, step=min(s["step"], win / 2), skip_aggregation=True,
+                          batch_size=16, device=torch.device("cpu"))
+    if duration < win:
+        audio = np.pad(audio, (0, int(win * RATE) - len(audio) + 1))
+    waveform = torch.from_numpy(audio[None, :].astype(np.float32))
+    scores = inference({"waveform": waveform, "sample_rate": RATE})
+    data = scores.data                                    # (chunks, frames, local speakers)
+    chunks = scores.sliding_window
+    frames = model.receptive_field                         # frame timing inside a chunk
+    n_chunks, n_frames, n_local = data.shape
+    frame_step = frames.step
+    active = data > s["onset"]
+
+    # one embedding per (chunk, local speaker) with enough solo speech
+    keys, embs, snrs = [], [], []
+    for c in range(n_chunks):
+        c_start = chunks[c].start
+        solo = active[c] & (active[c].sum(axis=1, keepdims=True) == 1)
+        for k in range(n_local):
+            mask = solo[:, k]
+            if mask.sum() * frame_step < s["min_embed_seconds"]:
+                continue
+            spans = [(int((c_start + frames[int(a)].start) * RATE), int((c_start + frames[int(b) - 1].end) * RATE))
+                     for a, b in _runs(mask)]
+            clip = np.concatenate([audio[i:j] for i, j in spans])
+            if len(clip) < 0.5 * RATE:
+                continue
+            keys.append((c, k))
+            embs.append(embed(clip, enc_weights))
+            if residual is not None:
+                noise = np.concatenate([residual[i:j] for i, j in spans]).astype(np.float64)
+                snr = 10 * np.log10((np.sum(clip.astype(np.float64) ** 2) + 1e-9) / (np.sum(noise ** 2) + 1e-9))
+            else:
+                snr = 99.0
+            snrs.append(min(float(snr), 99.0))
+    return {"data": data, "chunks": chunks, "frames": frames, "keys": keys, "snr": np.array(snrs),
+            "emb": np.stack(embs) if embs else np.zeros((0, 256), dtype=np.float32)}
+
+
+def global_speakers(local: dict, duration: float, s: dict) -> tuple[list, list]:
+    """Cluster the local speakers into global ones and turn frame scores into segments."""
+    data, chunks, frames, keys, emb = (local[k] for k in ("data", "chunks", "frames", "keys", "emb"))
+    n_chunks, n_frames, n_local = data.shape
+    frame_step = frames.step
+    if not len(keys):
+        return [], []
+    chunk_of = np.array([c for c, _ in keys])
+    snr = local["snr"]
+    clean = snr >= np.median(snr) - s["noisy_margin_db"]
+    if clean.sum() < 2:
+        clean[:] = True
+    labels = np.full(len(keys), -1)
+    labels[clean] = _cluster(emb[clean], chunk_of[clean], s["threshold"], s.get("min_speakers"),
+                             s.get("max_speakers"))
+    # outlier clusters (a few windows) are not speakers of their own
+    sizes = np.bincount(labels[clean])
+    big = [j for j in range(len(sizes)) if sizes[j] >= max(2, s["min_cluster_fraction"] * clean.sum())]
+    if s.get("min_speakers"):
+        big = sorted(range(len(sizes)), key=lambda j: -sizes[j])[:max(len(big), s["min_speakers"])]
+    big = sorted(big) or [int(np.argmax(sizes))]
+    remap = {j: i for i, j in enumerate(big)}
+    clean = clean & np.isin(labels, big)
+    labels = np.array([remap.get(int(l), -1) for l in labels])
+    n_spk = len(big)
+    centroids = np.stack([emb[labels == j].mean(axis=0) for j in range(n_spk)])
+    centroids /= np.linalg.norm(centroids, axis=1, keepdims=True) + 1e-9
+    labels = _assign(emb, chunk_of, centroids, labels, clean)
+
+    assign = {key: int(lab) for key, lab in zip(keys, labels)}
+
+    # aggregate frame scores per global speaker over all windows
+    total_frames = int(np.ceil(duration / frame_step)) + n_frames
+    score = np.zeros((total_frames, n_spk), dtype=np.float32)
+    count = np.zeros((total_frames, 1), dtype=np.float32)
+    for c in range(n_chunks):
+        first = int(round(chunks[c].start / frame_step))
+        count[first:first + n_frames] += 1
+        for k in range(n_local):
+            j = assign.get((c, k))
+            if j is None:
+                continue
+            score[first:first + n_frames, j] += data[c, :, k]
+    score /= np.maximum(count, 1)
+    n_valid = int(np.ceil(duration / frame_step))
+    score = score[:n_valid]
+
+    # binarise with hysteresis, fill short gaps, drop short turns
+    segments = []
+    for j in range(n_spk):
+        on = _hysteresis(score[:, j], s["onset"], s["offset"])
+        runs = [(a * frame_step + frames.duration / 2, b * frame_step + frames.duration / 2) for a, b in _runs(on)]
+        merged = []
+        for a, b in runs:
+            if merged and a - merged[-1][1] < s["min_duration_off"]:
+                merged[-1] = (merged[-1][0], b)
+            else:
+                merged.append((a, b))
+        for a, b in merged:
+            if b - a < s["min_duration_on"]:
+                continue
+            i0, i1 = int(a / frame_step), max(int(a / frame_step) + 1, int(b / frame_step))
+            segments.append({"start": round(float(a), 3), "end": round(float(min(b, duration)), 3),
+                             "speaker": j, "confidence": round(float(score[i0:i1, j].mean()), 4)})
+    # relabel speakers by first appearance, mark overlaps
+    order = sorted(range(n_spk), key=lambda j: min((x["start"] for x in segments if x["speaker"] == j),
+                                                     default=1e9))
+    rename = {j: f"SPEAKER_{i:02d}" for i, j in enumerate(order)}
+    segments.sort(key=lambda x: (x["start"], x["speaker"]))
+    for x in segments:
+        others = [y for y in segments if y is not x and y["speaker"] != x["speaker"]
+                  and y["start"] < x["end"] and y["end"] > x["start"]]
+        x["overlap"] = bool(others)
+    speakers = []
+    for j in order:
+        talk = sum(x["end"] - x["start"] for x in segments if x["speaker"] == j)
+        if talk <= 0:
+            continue
+        speakers.append({"speaker": rename[j], "talk_time": round(talk, 3),
+                         "embeddings": int((labels == j).sum()),
+                         "centroid": [round(float(v), 6) for v in centroids[j]]})
+    for x in segments:
+        x["speaker"] = rename[x["speaker"]]
+    return segments, speakers
+
+
+# ----------------------------------------------------------------- pyannote pipeline
+
+def diarize_pyannote(wav: str, pipeline_ref: str, token: Optional[str], s: dict, device: str) -> tuple[list, list]:
+    """pyannote.audio's pretrained pipeline. Hub ids need a token; local folders must be trusted."""
+    import torch
+    from pyannote.audio import Pipeline
+    try:
+        pipeline = Pipeline.from_pretrained(pipeline_ref, token=token)
+    except Exception as exc:  # noqa: BLE001 - hub/network/auth failures all end here
+        raise MissingDependency(f"cannot load pyannote pipeline {pipeline_ref!r}: {exc}; give a hub token "
+                                "(models.hub_token_env) or a local pipeline folder in models.diarizer") from exc
+    if pipeline is None:
+        raise MissingDependency(f"pyannote pipeline {pipeline_ref!r} could not be loaded (token or licence?)")
+    pipeline.to(torch.device(device))
+    kwargs = {k: s[k] for k in ("min_speakers", "max_speakers") if s.get(k)}
+    output = pipeline(wav, **kwargs)
+    annotation = getattr(output, "speaker_diarization", output)
+    segments = []
+    for turn, _, label in annotation.itertracks(yield_label=True):
+        segments.append({"start": round(turn.start, 3), "end": round(turn.end, 3), "speaker": label,
+                         "confidence": None})
+    embeddings = getattr(output, "speaker_embeddings", None)
+    labels = annotation.labels()
+    speakers = []
+    for i, label in enumerate(labels):
+        talk = sum(x["end"] - x["start"] for x in segments if x["speaker"] == label)
+        centroid = [round(float(v), 6) for v in embeddings[i]] if embeddings is not None else None
+        speakers.append({"speaker": label, "talk_time": round(talk, 3), "centroid": centroid,
+                         "embedding_model": "pyannote"})
+    for x in segments:
+        x["overlap"] = any(y is not x and y["speaker"] != x["speaker"] and y["start"] < x["end"]
+                           and y["end"] > x["start"] for y in segments)
+    return segments, speakers
+
+
+# ----------------------------------------------------------------- per recording
+
+def rttm_lines(recording: str, segments: list[dict], label=lambda s: s) -> str:
+    return "".join(f"SPEAKER {recording} 1 {x['start']:.3f} {x['end'] - x['start']:.3f} <NA> <NA> "
+                   f"{label(x['speaker'])} <NA> <NA>\n" for x in segments)
+
+
+def diarize_recording(item: dict, params: dict) -> dict:
+    import soundfile as sf
+    audio, rate = sf.read(item["vocals"], dtype="float32")
+    if rate != RATE:
+        raise StageError("diarize", f"{item['vocals']}: expected {RATE} Hz audio, got {rate}")
+    residual = sf.read(item["residual"], dtype="float32")[0] if item.get("residual") else None
+    if params["backend"] == "pyannote":
+        segments, speakers = diarize_pyannote(item["vocals"], params["pipeline"], params.get("token"),
+                                              params["settings"], params["device"])
+    else:
+        segments, speakers = diarize_embedded(audio, residual, params["segmentation"], params["speaker_embedding"],
+                                              params["settings"])
+    out = Path(params["out"])
+    atomic_write_text(out / f"{item['id']}.rttm", rttm_lines(item["id"], segments))
+    return {"segments": [{"recording": item["id"], **x} for x in segments],
+            "speakers": [{"recording": item["id"], **x} for x in speakers]}
+
+
+@register
+class Diarize(Stage):
+    name = "diarize"
+    version = "1"
+    summary = "who spoke when: segmentation + speaker embeddings + clustering (or pyannote's pipeline)"
+    reads = ("separate",)
+    spec_keys = ("profile",)
+    model_roles = ("segmentation", "speaker_embedding", "diarizer")
+    libraries = ("pyannote.audio", "resemblyzer", "torch")
+    Settings = Settings
+
+    def backend(self, spec) -> str:
+        b = getattr(spec.stages, self.name).backend
+        if b == "auto":
+            return "embedded" if ctx_models_embedded(spec) else "pyannote"
+        return b
+
+    def run(self, ctx) -> dict:
+        from twin.models import device, hub_token
+        recordings = read_jsonl(ctx.input("separate") / "separation.jsonl")
+        backend = self.backend(ctx.spec)
+        params = {"out": str(ctx.out), "backend": backend, "settings": ctx.settings.model_dump(),
+                  "segmentation": ctx.models["segmentation"].location,
+                  "speaker_embedding": ctx.models["speaker_embedding"].location,
+                  "pipeline": ctx.models["diarizer"].location, "device": "cpu"}
+        if backend == "pyannote":
+            params["device"] = device()
+            params["token"] = hub_token(ctx.spec)
+        items = [{"id": r["id"], "vocals": str(ctx.input("separate") / r["vocals"]),
+                  "residual": str(ctx.input("separate") / r["residual"])} for r in recordings]
+        results = ctx.map(diarize_recording, items, key=lambda it: it["id"], params=params, step="diarize")
+        segments, speakers = [], []
+        for item, ok, value in results:
+            if ok:
+                segments += value["segments"]
+                speakers += value["speakers"]
+        if items and not any(ok for _, ok, _ in results):
+            raise StageError(self.name, f"no recording could be diarized: {ctx.failures[0]['reason']}")
+        atomic_write_jsonl(ctx.out / "segments.jsonl", segments)
+        atomic_write_jsonl(ctx.out / "speakers.jsonl", speakers)
+        return {"recordings": len(items), "segments": len(segments), "speakers": len(speakers),
+                "speech_seconds": round(sum(x["end"] - x["start"] for x in segments), 2), "backend": backend}
+
+
+def ctx_models_embedded(spec) -> bool:
+    return spec.profile == "embedded" and not spec.models.diarizer

@@ -1,0 +1,157 @@
+"""identify: which diarized speaker is the persona, in every recording.
+
+With enrollment clips (``enroll:`` in the spec): cosine similarity between each speaker's
+centroid embedding and the enrollment embedding; the best speaker above ``threshold`` is the
+persona, and a recording where nobody reaches it says "persona not found". Without: the
+speaker with the most talk time over all recordings, flagged as a guess.
+
+Speakers are also matched across recordings (clustering of centroids, never two speakers of
+one recording together), so every speaker has a global label and the persona's is the same
+everywhere.
+
+Outputs: ``speakers.jsonl``, ``persona_segments.jsonl``, ``<recording>.rttm`` (the persona
+labelled ``persona``), ``identify.json`` (method, per-recording outcome and similarity).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+from pydantic import Field
+
+from twin.cache import atomic_write_json, atomic_write_jsonl, atomic_write_text, read_jsonl
+from twin.errors import StageError
+from twin.registry import register
+from twin.spec import Strict
+from twin.stage import Stage
+
+
+class Settings(Strict):
+    threshold: float = Field(0.72, gt=0, lt=1, description="cosine similarity to the enrollment that counts as the persona")
+    margin: float = Field(0.03, ge=0, lt=1, description="the persona must beat the next speaker by this much")
+    match_threshold: float = Field(0.82, gt=0, lt=1,
+                                   description="cosine similarity that makes two recordings' speakers one person")
+
+
+def match_speakers(centroids: np.ndarray, recordings: list[str], threshold: float) -> list[int]:
+    """Global speaker ids: average-linkage on cosine similarity, one recording's speakers kept apart."""
+    n = len(centroids)
+    groups = [[i] for i in range(n)]
+    sim = centroids @ centroids.T
+    while True:
+        best, pair = threshold, None
+        for a in range(len(groups)):
+            for b in range(a + 1, len(groups)):
+                if {recordings[i] for i in groups[a]} & {recordings[i] for i in groups[b]}:
+                    continue
+                s = float(np.mean([sim[i, j] for i in groups[a] for j in groups[b]]))
+                if s >= best:
+                    best, pair = s, (a, b)
+        if pair is None:
+            break
+        a, b = pair
+        groups[a] += groups.pop(b)
+    labels = [0] * n
+    for g, members in enumerate(sorted(groups, key=min)):
+        for i in members:
+            labels[i] = g
+    return labels
+
+
+def identify(speakers: list[dict], enroll: Optional[np.ndarray], s: dict) -> tuple[list[dict], dict]:
+    """Annotate speakers with global ids, similarity and the persona flag; return a summary."""
+    usable = [sp for sp in speakers if sp.get("centroid")]
+    if not usable:
+        return speakers, {"method": "none", "recordings": {}}
+    cent = np.array([sp["centroid"] for sp in usable], dtype=np.float64)
+    cent /= np.linalg.norm(cent, axis=1, keepdims=True) + 1e-12
+    recs = [sp["recording"] for sp in usable]
+    glabels = match_speakers(cent, recs, s["match_threshold"])
+    for sp, g in zip(usable, glabels):
+        sp["global_speaker"] = f"G{g:02d}"
+        sp["persona"] = False
+    summary: dict = {"recordings": {}}
+    if enroll is not None:
+        summary["method"] = "enrollment"
+        e = enroll / (np.linalg.norm(enroll) + 1e-12)
+        for sp, c in zip(usable, cent):
+            sp["similarity"] = round(float(c @ e), 4)
+        for rec in sorted(set(recs)):
+            mine = sorted((sp for sp in usable if sp["recording"] == rec), key=lambda x: -x["similarity"])
+            top = mine[0]
+            runner_up = mine[1]["similarity"] if len(mine) > 1 else -1.0
+            found = top["similarity"] >= s["threshold"] and top["similarity"] - runner_up >= s["margin"]
+            if found:
+                top["persona"] = True
+            summary["recordings"][rec] = {
+                "found": found, "speaker": top["speaker"] if found else None, "similarity": top["similarity"],
+                "runner_up": round(runner_up, 4),
+                "reason": None if found else ("persona not found in this recording: best similarity "
+                                              f"{top['similarity']:.3f} < {s['threshold']}" if top["similarity"] <
+                                              s["threshold"] else "two speakers are equally close to the enrollment")}
+        persona_globals = {sp["global_speaker"] for sp in usable if sp["persona"]}
+        summary["persona_global"] = sorted(persona_globals)
+    else:
+        summary["method"] = "talk-time"
+        summary["guess"] = True
+        talk: dict[str, float] = {}
+        for sp in usable:
+            talk[sp["global_speaker"]] = talk.get(sp["global_speaker"], 0.0) + sp["talk_time"]
+        winner = max(sorted(talk), key=lambda g: talk[g])
+        for rec in sorted(set(recs)):
+            mine = [sp for sp in usable if sp["recording"] == rec and sp["global_speaker"] == winner]
+            for sp in mine:
+                sp["persona"] = True
+            summary["recordings"][rec] = {"found": bool(mine), "speaker": mine[0]["speaker"] if mine else None,
+                                          "reason": None if mine else "the most-talking speaker is not in it"}
+        summary["persona_global"] = [winner]
+    return speakers, summary
+
+
+@register
+class Identify(Stage):
+    name = "identify"
+    version = "1"
+    summary = "which speaker is the persona (enrollment similarity, else most talk time)"
+    reads = ("diarize",)
+    model_roles = ("speaker_embedding",)
+    libraries = ("resemblyzer",)
+    Settings = Settings
+
+    def external_inputs(self, spec) -> dict[str, Path]:
+        return {f"enroll[{i}]": spec.resolve_path(p) for i, p in enumerate(spec.enroll)}
+
+    def run(self, ctx) -> dict:
+        from twin.speaker import embed_file
+        spec = ctx.spec
+        speakers = read_jsonl(ctx.input("diarize") / "speakers.jsonl")
+        segments = read_jsonl(ctx.input("diarize") / "segments.jsonl")
+        enroll = None
+        if spec.enroll:
+            weights = ctx.models["speaker_embedding"].location
+            vecs = [embed_file(str(spec.resolve_path(p)), weights) for p in spec.enroll]
+            enroll = np.mean(vecs, axis=0)
+        speakers, summary = identify(speakers, enroll, ctx.settings.model_dump())
+        persona = {(sp["recording"], sp["speaker"]) for sp in speakers if sp.get("persona")}
+        glob = {(sp["recording"], sp["speaker"]): sp.get("global_speaker") for sp in speakers}
+        persona_segments = [x for x in segments if (x["recording"], x["speaker"]) in persona]
+        for rec in sorted({x["recording"] for x in segments} | {sp["recording"] for sp in speakers}):
+            lines = "".join(
+                f"SPEAKER {rec} 1 {x['start']:.3f} {x['end'] - x['start']:.3f} <NA> <NA> "
+                f"{'persona' if (rec, x['speaker']) in persona else x['speaker']} <NA> <NA>\n"
+                for x in segments if x["recording"] == rec)
+            atomic_write_text(ctx.out / f"{rec}.rttm", lines)
+        for sp in speakers:
+            sp.pop("centroid", None)
+        atomic_write_jsonl(ctx.out / "speakers.jsonl", speakers)
+        atomic_write_jsonl(ctx.out / "persona_segments.jsonl",
+                           [{**x, "global_speaker": glob.get((x["recording"], x["speaker"]))} for x in persona_segments])
+        atomic_write_json(ctx.out / "identify.json", summary)
+        found = sum(1 for r in summary["recordings"].values() if r["found"])
+        if speakers and not found:
+            ctx.log.warning("the persona was not found in any recording (%s)", summary.get("method"))
+        if summary.get("guess"):
+            ctx.log.warning("no enrollment clip: the persona is guessed as the speaker with the most talk time")
+        return {"recordings": len(summary["recordings"]), "persona_found_in": found, "method": summary["method"],
+                "persona_seconds": round(sum(x["end"] - x["start"] for x in persona_segments), 2)}
