@@ -193,5 +193,27 @@ def fetch_cmd(ctx, inputs, kind, out, sample_rate, max_items, cookies, opt_out):
         sys.exit(1)
 
 
+@main.command("diarize")
+@click.argument("audio", nargs=-1, required=True)
+@click.option("--enroll", multiple=True, type=click.Path(dir_okay=False, exists=True),
+              help="a clip of the persona's voice alone (repeatable)")
+@click.option("--profile", type=click.Choice(["embedded", "full"]), default="embedded", show_default=True)
+@click.option("--consent", type=click.Choice(["self", "written-permission", "public-figure-research", "historical"]),
+              default="self", show_default=True, help="the basis on which you process these recordings")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="folder for the RTTM files")
+@click.option("--workers", type=click.IntRange(1, 256), default=1, show_default=True)
+@click.pass_context
+def diarize_cmd(ctx, audio, enroll, profile, consent, out, workers):
+    """Who spoke when in AUDIO files; the persona is labelled `persona` in OUT/<name>.rttm."""
+    from twin import adhoc
+    with _progress(ctx) as progress:
+        result = adhoc.diarize(list(audio), out, list(enroll), profile, consent, workers, progress)
+    for rec, r in sorted(result["identify"].get("recordings", {}).items()):
+        if not r["found"]:
+            click.echo(f"{rec}: {r['reason']}", err=True)
+    click.echo(f"wrote {len(result['rttm'])} RTTM file(s) to {out} "
+               f"(persona by {result['identify'].get('method')})")
+
+
 if __name__ == "__main__":
     main()

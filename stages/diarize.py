@@ -175,21 +175,28 @@ def local_speakers(audio: np.ndarray, residual: Optional[np.ndarray], seg_model_
     active = data > s["onset"]
 
     # one embedding per (chunk, local speaker) with enough solo speech
-    keys, embs, snrs = [], [], []
+    keys, embs, snrs, weaks = [], [], [], []
     for c in range(n_chunks):
         c_start = chunks[c].start
         solo = active[c] & (active[c].sum(axis=1, keepdims=True) == 1)
         for k in range(n_local):
+            weak = False
             mask = solo[:, k]
             if mask.sum() * frame_step < s["min_embed_seconds"]:
-                continue
+                # Too little solo speech (a short interjection, mostly overlapped): embed all of
+                # its speech; such an embedding may join a speaker but never found one.
+                mask = active[c][:, k]
+                weak = True
+                if mask.sum() * frame_step < s["min_duration_on"]:
+                    continue
             spans = [(int((c_start + frames[int(a)].start) * RATE), int((c_start + frames[int(b) - 1].end) * RATE))
                      for a, b in _runs(mask)]
             clip = np.concatenate([audio[i:j] for i, j in spans])
-            if len(clip) < 0.5 * RATE:
+            if len(clip) < (0.2 if weak else 0.5) * RATE:
                 continue
             keys.append((c, k))
             embs.append(embed(clip, enc_weights))
+            weaks.append(weak)
             if residual is not None:
                 noise = np.concatenate([residual[i:j] for i, j in spans]).astype(np.float64)
                 snr = 10 * np.log10((np.sum(clip.astype(np.float64) ** 2) + 1e-9) / (np.sum(noise ** 2) + 1e-9))
@@ -197,6 +204,7 @@ def local_speakers(audio: np.ndarray, residual: Optional[np.ndarray], seg_model_
                 snr = 99.0
             snrs.append(min(float(snr), 99.0))
     return {"data": data, "chunks": chunks, "frames": frames, "keys": keys, "snr": np.array(snrs),
+            "weak": np.array(weaks, dtype=bool),
             "emb": np.stack(embs) if embs else np.zeros((0, 256), dtype=np.float32)}
 
 
@@ -208,8 +216,9 @@ def global_speakers(local: dict, duration: float, s: dict) -> tuple[list, list]:
     if not len(keys):
         return [], []
     chunk_of = np.array([c for c, _ in keys])
-    snr = local["snr"]
-    clean = snr >= np.median(snr) - s["noisy_margin_db"]
+    snr, weak = local["snr"], local["weak"]
+    strong = snr[~weak] if (~weak).any() else snr
+    clean = (snr >= np.median(strong) - s["noisy_margin_db"]) & ~weak
     if clean.sum() < 2:
         clean[:] = True
     labels = np.full(len(keys), -1)
@@ -349,7 +358,7 @@ def diarize_recording(item: dict, params: dict) -> dict:
 @register
 class Diarize(Stage):
     name = "diarize"
-    version = "1"
+    version = "2"
     summary = "who spoke when: segmentation + speaker embeddings + clustering (or pyannote's pipeline)"
     reads = ("separate",)
     spec_keys = ("profile",)

@@ -47,3 +47,38 @@ id: test-person
 name: Test Person
 consent: {basis: self, evidence: "test"}
 """
+
+
+@pytest.fixture(scope="session")
+def demo_build(tmp_path_factory):
+    """The demo persona built once with the README's command (`twin build`), in a fresh workspace."""
+    ws = tmp_path_factory.mktemp("demo") / "ws"
+    result = run_twin("build", ROOT / "persona_specs" / "demo.yaml", "--workspace", ws, timeout=1800)
+    return ws, result
+
+
+def speak(path: Path, parts, rate: int = 16000) -> list[tuple[float, float, str]]:
+    """Synthesize a conversation: parts = [(espeak voice, pitch, text, label)]; returns the true turns."""
+    import numpy as np
+    import soundfile as sf
+    pieces, turns, cursor = [], [], 0.5
+    for i, (voice, pitch, text, label) in enumerate(parts):
+        raw = path.with_name(f".part{i}.wav")
+        subprocess.run(["espeak-ng", "-v", voice, "-p", str(pitch), "-a", "90", "-w", str(raw), text], check=True)
+        conv = path.with_name(f".part{i}-16k.wav")
+        subprocess.run(["sox", "-D", str(raw), "-r", str(rate), "-c", "1", "-b", "16", str(conv)], check=True)
+        audio, _ = sf.read(conv, dtype="float32")
+        idx = np.nonzero(np.abs(audio) > 0.01)[0]
+        audio = audio[idx[0]: idx[-1] + 1]
+        pieces.append((cursor, audio))
+        turns.append((round(cursor, 3), round(cursor + len(audio) / rate, 3), label))
+        cursor += len(audio) / rate + 0.7
+        raw.unlink()
+        conv.unlink()
+    mix = np.zeros(int((cursor + 0.5) * rate), dtype="float32")
+    for start, audio in pieces:
+        i = int(start * rate)
+        mix[i:i + len(audio)] += 0.8 * audio
+    mix += 0.001 * np.random.default_rng(0).standard_normal(len(mix)).astype("float32")
+    sf.write(path, mix, rate, subtype="PCM_16")
+    return turns

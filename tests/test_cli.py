@@ -25,11 +25,11 @@ def test_unknown_stage_and_bad_options_are_usage_errors():
     assert run_twin("build", spec, "--workers", "0").returncode == 2
 
 
-def test_demo_build_end_to_end(tmp_path):
+def test_demo_build_end_to_end(demo_build):
     spec = ROOT / "persona_specs" / "demo.yaml"
-    ws = tmp_path / "ws"
-    out = run_twin("build", spec, "--workspace", ws)
+    ws, out = demo_build
     assert out.returncode == 0, out.stderr
+    assert "built fetch, separate, diarize, identify" in out.stdout
     fetch = read_manifest(ws / "fetch")
     assert fetch["counts"]["videos"] == 2 and fetch["counts"]["posts"] >= 150
     assert fetch["counts"]["failed"] == 0

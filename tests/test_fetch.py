@@ -131,7 +131,7 @@ def http_spec(folder: Path, url: str, extra_video: str = "") -> Path:
 @pytest.mark.slow
 def test_fetch_over_http(spec_dir, server):
     spec = http_spec(spec_dir, server.url)
-    result = Runner(load_spec(spec)).build()
+    result = Runner(load_spec(spec)).build(until="fetch")
     assert result.ran == ["fetch"]
     out = spec_dir / "ws" / "fetch"
     prov = read_jsonl(out / "provenance.jsonl")
@@ -186,7 +186,7 @@ def test_fetch_over_http(spec_dir, server):
     spec = http_spec(spec_dir, server.url, extra_video="demo/panel.ogg")
     plan = Runner(load_spec(spec)).plan()
     assert plan[0].action == "run" and "spec settings" in plan[0].reason
-    Runner(load_spec(spec)).build()
+    Runner(load_spec(spec)).build(until="fetch")
     # only the corrupt file and the 404 are asked for again (they never made it into the cache)
     assert server.hits[("GET", "/media/talk.ogg")] == talk_gets
     assert server.hits[("GET", "/media/enroll.ogg")] == enroll_gets
@@ -201,10 +201,10 @@ def test_rerun_does_not_download_single_videos_again(spec_dir, server):
              "sources:", "  allow_local: true", "  videos:", f"    - {server.url}/media/enroll.ogg"]
     spec = spec_dir / "s.yaml"
     spec.write_text("\n".join(lines) + "\n")
-    Runner(load_spec(spec)).build()
+    Runner(load_spec(spec)).build(until="fetch")
     first = server.media_gets()
     assert first >= 1
-    Runner(load_spec(spec)).build(force=["fetch"])
+    Runner(load_spec(spec)).build(until="fetch", force=["fetch"])
     assert server.media_gets() == first  # checked, not assumed
 
 
@@ -218,14 +218,14 @@ def test_consent_opt_out_and_local_addresses(spec_dir, server):
     # an opted-out domain is skipped with its reason; an opted-out persona is not built at all
     spec.write_text("\n".join(base + ["sources:", "  allow_local: true", f"  posts: ['{server.url}/feed.xml',"
                                       " demo/posts.jsonl]", "opt_out: {domains: ['127.0.0.1']}"]) + "\n")
-    Runner(load_spec(spec)).build()
+    Runner(load_spec(spec)).build(until="fetch")
     prov = read_jsonl(spec_dir / "ws" / "fetch" / "provenance.jsonl")
     assert prov[0]["status"] == "skipped" and prov[0]["reason"] == "opt-out: domain 127.0.0.1"
     assert server.hits[("GET", "/feed.xml")] == 0
     spec.write_text("\n".join(base + ["sources:", "  posts: [demo/posts.jsonl]", "opt_out: {names: ['tamsin vell']}"])
                     + "\n")
     with pytest.raises(StageError, match="opt-out list"):
-        Runner(load_spec(spec)).build()
+        Runner(load_spec(spec)).build(until="fetch")
 
 
 def test_nothing_usable_fails_and_keeps_reasons(spec_dir, server):
@@ -233,7 +233,7 @@ def test_nothing_usable_fails_and_keeps_reasons(spec_dir, server):
              "  allow_local: true", f"  facts: ['{server.url}/nope.html']"]
     spec = spec_dir / "s.yaml"
     spec.write_text("\n".join(lines) + "\n")
-    out = run_twin("build", spec)
+    out = run_twin("build", spec, "--until", "fetch")
     assert out.returncode == 1 and "nothing usable was fetched" in out.stderr
     assert not (spec_dir / "ws" / "fetch").exists()
 

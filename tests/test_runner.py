@@ -31,11 +31,11 @@ def many_audio_spec(folder: Path, n: int, seconds: float = 30.0) -> Path:
 
 def test_second_build_does_no_work_and_says_so(spec_dir):
     spec = many_audio_spec(spec_dir, 2, seconds=1)
-    first = run_twin("build", spec)
+    first = run_twin("build", spec, "--until", "fetch")
     assert first.returncode == 0, first.stderr
     assert "built fetch" in first.stdout
     manifest = read_manifest(spec_dir / "ws" / "fetch")
-    second = run_twin("build", spec)
+    second = run_twin("build", spec, "--until", "fetch")
     assert second.returncode == 0
     assert "nothing to do" in second.stdout and "unchanged, skipping" in second.stderr
     assert read_manifest(spec_dir / "ws" / "fetch") == manifest  # not even rewritten
@@ -46,18 +46,18 @@ def test_second_build_does_no_work_and_says_so(spec_dir):
 def test_changes_are_detected_with_reasons(spec_dir):
     path = many_audio_spec(spec_dir, 2, seconds=1)
     runner = Runner(load_spec(path))
-    runner.build()
+    runner.build(until="fetch")
     assert runner.plan()[0].action == "skip"
     # an input file changes
     sine_wav(spec_dir / "media" / "tone01.wav", seconds=1, freq=999, rate=44100)
     entry = Runner(load_spec(path)).plan()[0]
     assert entry.action == "run" and "sources.videos[1] changed" in entry.reason
-    Runner(load_spec(path)).build()
+    Runner(load_spec(path)).build(until="fetch")
     # the stage's spec section changes
     path.write_text(path.read_text() + "stages:\n  fetch: {retries: 1}\n")
     entry = Runner(load_spec(path)).plan()[0]
     assert entry.action == "run" and "spec settings" in entry.reason
-    Runner(load_spec(path)).build()
+    Runner(load_spec(path)).build(until="fetch")
     # an irrelevant part of the spec (the display name) does not invalidate fetch
     path.write_text(path.read_text().replace("name: Many Tones", "name: Many Tones Renamed"))
     assert Runner(load_spec(path)).plan()[0].action == "skip"
@@ -66,13 +66,13 @@ def test_changes_are_detected_with_reasons(spec_dir):
     entry = Runner(load_spec(path)).plan()[0]
     assert entry.action == "run" and "modified" in entry.reason
     # forced
-    Runner(load_spec(path)).build()
+    Runner(load_spec(path)).build(until="fetch")
     assert Runner(load_spec(path)).plan(force=["fetch"])[0].reason == "forced"
 
 
 def test_status_json_and_clean(spec_dir):
     spec = many_audio_spec(spec_dir, 1, seconds=1)
-    assert run_twin("build", spec).returncode == 0
+    assert run_twin("build", spec, "--until", "fetch").returncode == 0
     rows = json.loads(run_twin("status", spec, "--json").stdout)
     fetch = next(r for r in rows if r["stage"] == "fetch")
     assert fetch["built"] and fetch["up_to_date"] and fetch["counts"]["videos"] == 1
@@ -85,11 +85,11 @@ def test_status_json_and_clean(spec_dir):
 def test_second_concurrent_build_is_refused(spec_dir):
     spec = many_audio_spec(spec_dir, 1, seconds=1)
     with Workspace(spec_dir / "ws").lock():
-        out = run_twin("build", spec)
+        out = run_twin("build", spec, "--until", "fetch")
         assert out.returncode == 2
         assert "is being built by pid" in out.stderr and str(os.getpid()) in out.stderr
         assert not (spec_dir / "ws" / "fetch").exists()
-    assert run_twin("build", spec).returncode == 0
+    assert run_twin("build", spec, "--until", "fetch").returncode == 0
 
 
 @pytest.mark.slow
@@ -97,7 +97,7 @@ def test_kill9_mid_stage_resumes_to_identical_outputs(spec_dir, tmp_path):
     spec = many_audio_spec(spec_dir, 16, seconds=40)
     ws = spec_dir / "ws"
     journal = ws / ".staging" / "fetch" / "journal"
-    proc = subprocess.Popen([TWIN, "build", str(spec)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen([TWIN, "build", str(spec), "--until", "fetch"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.time() + 120
     while time.time() < deadline:
         done = list(journal.rglob("*.json")) if journal.exists() else []
@@ -112,7 +112,7 @@ def test_kill9_mid_stage_resumes_to_identical_outputs(spec_dir, tmp_path):
     assert not (ws / "fetch").exists(), "a killed stage must not publish outputs"
     assert "(interrupted run will resume)" in run_twin("status", spec).stdout
 
-    resumed = run_twin("build", spec)
+    resumed = run_twin("build", spec, "--until", "fetch")
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming" in resumed.stderr
     manifest = read_manifest(ws / "fetch")
@@ -121,7 +121,7 @@ def test_kill9_mid_stage_resumes_to_identical_outputs(spec_dir, tmp_path):
 
     # An uninterrupted build of the same spec in another workspace gives the same bytes.
     clean_ws = tmp_path / "clean-ws"
-    fresh = run_twin("build", spec, "--workspace", clean_ws)
+    fresh = run_twin("build", spec, "--workspace", clean_ws, "--until", "fetch")
     assert fresh.returncode == 0, fresh.stderr
     assert tree_files(clean_ws / "fetch") == tree_files(ws / "fetch")
     assert read_manifest(clean_ws / "fetch")["output_hash"] == manifest["output_hash"]
@@ -131,8 +131,8 @@ def test_kill9_mid_stage_resumes_to_identical_outputs(spec_dir, tmp_path):
 @pytest.mark.slow
 def test_two_workers_give_the_same_outputs_as_one(spec_dir, tmp_path):
     spec = many_audio_spec(spec_dir, 6, seconds=5)
-    one = run_twin("build", spec, "--workspace", tmp_path / "w1")
-    two = run_twin("build", spec, "--workspace", tmp_path / "w2", "--workers", "2")
+    one = run_twin("build", spec, "--workspace", tmp_path / "w1", "--until", "fetch")
+    two = run_twin("build", spec, "--workspace", tmp_path / "w2", "--workers", "2", "--until", "fetch")
     assert one.returncode == 0 and two.returncode == 0, two.stderr
     m1, m2 = read_manifest(tmp_path / "w1" / "fetch"), read_manifest(tmp_path / "w2" / "fetch")
     assert m1["output_hash"] == m2["output_hash"]

@@ -18,3 +18,56 @@ def fetch(inputs: list[str], out: str | Path, kind: Optional[str] = None, opt_ou
     return registry.get("fetch").adhoc(list(inputs), Path(out), kind=kind,
                                        settings={k: v for k, v in settings.items() if v is not None},
                                        opt_out_file=Path(opt_out_file) if opt_out_file else None, progress=progress)
+
+
+def _adhoc_spec(files: list[str], out: Path, enroll: list[str], profile: str, consent: str, purpose: str):
+    """A real spec for files named on the command line, written to OUT/spec.yaml (inspectable, rerunnable)."""
+    import yaml
+
+    from .cache import atomic_write_text
+    from .spec import load_spec
+    for f in [*files, *enroll]:
+        if not Path(f).is_file():
+            raise UsageError(f"{f}: no such file")
+    out.mkdir(parents=True, exist_ok=True)
+    doc = {
+        "id": "adhoc", "name": "ad-hoc speaker", "profile": profile, "workspace": ".work",
+        "consent": {"basis": consent, "evidence": f"stated on the command line ({purpose} --consent {consent}); "
+                                                  "no twin artifact is built from this run"},
+        "sources": {"videos": [str(Path(f).resolve()) for f in files]},
+        "enroll": [str(Path(f).resolve()) for f in enroll],
+    }
+    path = out / "spec.yaml"
+    atomic_write_text(path, f"# written by `twin {purpose}`; `twin build {path}` reruns it\n"
+                      + yaml.safe_dump(doc, sort_keys=False))
+    return load_spec(path)
+
+
+def diarize(files: list[str], out: str | Path, enroll: list[str] = (), profile: str = "embedded",
+            consent: str = "self", workers: int = 1, progress=None) -> dict:
+    """`twin diarize`: separate, diarize and identify local files; one RTTM per input in OUT.
+
+    The persona (the enrolled voice, or the most-talking speaker) is labelled ``persona``,
+    the others ``SPEAKER_00``, ``SPEAKER_01``, ...
+    """
+    from .cache import atomic_write_text, read_json, read_jsonl
+    from .runner import Runner
+    out = Path(out)
+    spec = _adhoc_spec(list(files), out, list(enroll), profile, consent, "diarize")
+    runner = Runner(spec, workers=workers, progress=progress)
+    runner.build(until="identify")
+    ws = runner.ws.root
+    videos = read_jsonl(ws / "fetch" / "videos.jsonl")
+    by_source = {}
+    for rec in read_jsonl(ws / "fetch" / "provenance.jsonl"):
+        if rec["kind"] == "videos" and rec.get("id"):
+            by_source[rec["id"]] = rec["location"]
+    written = []
+    for v in videos:
+        src = Path(by_source.get(v["id"], v["id"]))
+        dst = out / f"{src.stem}.rttm"
+        text = (ws / "identify" / f"{v['id']}.rttm").read_text()
+        atomic_write_text(dst, text.replace(f"SPEAKER {v['id']} ", f"SPEAKER {src.stem} "))
+        written.append(str(dst))
+    summary = read_json(ws / "identify" / "identify.json")
+    return {"rttm": written, "identify": summary, "workspace": str(ws)}

@@ -38,9 +38,11 @@ def _load() -> None:
 def stages() -> list["Stage"]:
     """All stages in a topological order (declaration order, checked)."""
     _load()
+    pipeline = importlib.import_module("stages").PIPELINE
+    rank = {f"stages.{m}": i for i, m in enumerate(pipeline)}
     order: list[Stage] = []
     seen: set[str] = set()
-    for st in _STAGES.values():
+    for st in sorted(_STAGES.values(), key=lambda s: rank.get(type(s).__module__, len(rank))):
         for dep in st.reads:
             if dep not in _STAGES:
                 raise RuntimeError(f"stage {st.name!r} reads unknown stage {dep!r}")

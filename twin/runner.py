@@ -71,8 +71,8 @@ def fingerprint_parts(stage: Stage, spec, upstream: dict[str, str]) -> dict:
     for label, path in sorted(stage.external_inputs(spec).items()):
         external[label] = hash_file(path) if Path(path).is_file() else "missing"
     models = {role: resolve(role, spec).fingerprint_id for role in stage.model_roles}
-    return {"stage": f"{stage.name}@{stage.version}", "spec": hash_obj(spec_part), "inputs": dict(upstream),
-            "external": external, "models": models}
+    return {"stage": f"{stage.name}@{stage.version}", "code": stage.code_hash(), "spec": hash_obj(spec_part),
+            "inputs": dict(upstream), "external": external, "models": models}
 
 
 def _why_stale(parts: dict, manifest: Optional[dict], current_outputs: Optional[str]) -> Optional[str]:
@@ -82,6 +82,8 @@ def _why_stale(parts: dict, manifest: Optional[dict], current_outputs: Optional[
     old = manifest.get("fingerprint_parts", {})
     if old.get("stage") != parts["stage"]:
         return f"stage code changed ({old.get('stage')} → {parts['stage']})"
+    if old.get("code") != parts["code"]:
+        return "its code changed"
     if old.get("spec") != parts["spec"]:
         return "its spec settings changed"
     for name, h in parts["inputs"].items():

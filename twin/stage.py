@@ -35,6 +35,13 @@ class Stage:
     libraries: ClassVar[tuple[str, ...]] = ()
     Settings: ClassVar[type[Strict]] = NoSettings
 
+    def code_hash(self) -> str:
+        """Hash of the stage module's source: editing a stage invalidates its cache even if
+        nobody remembered to bump ``version``."""
+        import inspect
+        source = inspect.getsource(inspect.getmodule(type(self)))
+        return hashlib.sha256(source.encode("utf-8")).hexdigest()[:16]
+
     def all_spec_keys(self) -> tuple[str, ...]:
         return tuple(self.spec_keys) + (f"stages.{self.name}",)
 
