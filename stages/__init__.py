@@ -8,4 +8,5 @@ PIPELINE = [
     "separate",
     "diarize",
     "identify",
+    "qualify",
 ]
