@@ -215,5 +215,28 @@ def diarize_cmd(ctx, audio, enroll, profile, consent, out, workers):
                f"(persona by {result['identify'].get('method')})")
 
 
+@main.command("voice")
+@click.argument("audio", nargs=-1, required=True)
+@click.option("--enroll", multiple=True, type=click.Path(dir_okay=False, exists=True),
+              help="a clip of the persona's voice alone (repeatable)")
+@click.option("--profile", type=click.Choice(["embedded", "full"]), default="embedded", show_default=True)
+@click.option("--consent", type=click.Choice(["self", "written-permission", "public-figure-research", "historical"]),
+              default="self", show_default=True, help="the basis on which you process these recordings")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="folder for the dataset")
+@click.option("--min-dnsmos", type=float, help="DNSMOS OVRL bar (default 3.0)")
+@click.option("--min-snr", type=float, help="SNR bar in dB (default 20)")
+@click.option("--workers", type=click.IntRange(1, 256), default=1, show_default=True)
+@click.pass_context
+def voice_cmd(ctx, audio, enroll, profile, consent, out, min_dnsmos, min_snr, workers):
+    """A clean, transcribed voice dataset of the persona in AUDIO files (LJSpeech, GPT-SoVITS, JSONL)."""
+    from twin import adhoc
+    with _progress(ctx) as progress:
+        result = adhoc.voice(list(audio), out, list(enroll), profile, consent, workers, progress,
+                             qualify={"min_dnsmos": min_dnsmos, "min_snr_db": min_snr})
+    s = result["summary"]
+    click.echo(f"kept {s['clips_kept']} clips, {s['seconds_kept']:.1f} s → {out} (rejected: "
+               + ", ".join(f"{k} {v}" for k, v in sorted(s["rejected_by_reason"].items())) + ")")
+
+
 if __name__ == "__main__":
     main()

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHES = [("Voice stages: real-time factor, DER, persona purity", ["voice.py", "--sweep"])]
+BENCHES = [("Voice pipeline: real-time factor, DER, persona purity, kept speech, WER", ["voice.py", "--sweep"])]
 
 
 def main() -> int:

@@ -1,8 +1,8 @@
-"""Voice stages on the demo persona: real-time factor of each stage and DER / purity / recall per recording.
+"""Voice pipeline on the demo persona: real-time factor per stage, DER / purity / recall, kept speech and WER.
 
     .venv/bin/python bench/voice.py [--workspace DIR] [--sweep]
 
-Builds the demo (fetch → identify) into a fresh workspace, reads each stage's manifest for its
+Builds the demo (fetch → voiceset) into a fresh workspace, reads each stage's manifest for its
 time, and scores diarization and persona identification against the committed ground truth.
 All numbers in one table come from one run on this machine. ``--sweep`` adds the clustering
 threshold sensitivity (DER per threshold, same embeddings).
@@ -25,13 +25,43 @@ from twin.metrics import der, load_rttm, persona_purity_recall  # noqa: E402
 from twin.runner import Runner  # noqa: E402
 from twin.spec import load_spec  # noqa: E402
 
-STAGES = ["fetch", "separate", "diarize", "identify"]
+STAGES = ["fetch", "separate", "diarize", "identify", "qualify", "transcribe", "voiceset"]
+
+
+def voice_table(workspace: Path, videos: list[dict]) -> list[str]:
+    """Kept clean speech and word error rate per recording, against the demo's script."""
+    import jiwer
+
+    from stages.transcribe import normalise_text
+    clips = read_jsonl(workspace / "qualify" / "clips.jsonl")
+    texts = {r["id"]: r for r in read_jsonl(workspace / "transcribe" / "transcripts.jsonl")}
+    out = ["", "| recording | clips measured | kept | kept s | clean persona speech kept | clips with another "
+           "speaker or noise | WER (kept, tiny.en) |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for v in videos:
+        turns = [json.loads(x) for x in (ROOT / "persona_specs" / "demo" / f"{v['title']}.transcript.jsonl")
+                 .read_text().splitlines()]
+        mine = [c for c in clips if c["recording"] == v["id"]]
+        kept = [c for c in mine if c["kept"] and texts.get(c["id"], {}).get("kept")]
+        clean = [t for t in turns if t["speaker"] == "tamsin" and not t.get("noisy") and not t.get("music")
+                 and not any(o["speaker"] != "tamsin" and o["start"] < t["end"] and o["end"] > t["start"]
+                             for o in turns)]
+        total = sum(t["end"] - t["start"] for t in clean)
+        cov = sum(max(0.0, min(c["end"], t["end"]) - max(c["start"], t["start"])) for c in kept for t in clean)
+        bad = sum(1 for c in kept if any((t["speaker"] != "tamsin" or t.get("noisy")) and t["start"] < c["end"]
+                                         and t["end"] > c["start"] for t in turns))
+        refs = [normalise_text(" ".join(t["text"] for t in turns if t["speaker"] == "tamsin"
+                                        and t["start"] < c["end"] and t["end"] > c["start"])) for c in kept]
+        hyps = [normalise_text(texts[c["id"]]["text"]) for c in kept]
+        wer = jiwer.wer(refs, hyps) if refs else float("nan")
+        out.append(f"| {v['title']} | {len(mine)} | {len(kept)} | {sum(c['duration'] for c in kept):.1f} | "
+                   f"{cov / total:.3f} | {bad} | {wer:.3f} |")
+    return out
 
 
 def run(workspace: Path, sweep: bool) -> str:
     spec = load_spec(ROOT / "persona_specs" / "demo.yaml")
     t0 = time.perf_counter()
-    Runner(spec, workspace).build(until="identify", force=STAGES)
+    Runner(spec, workspace).build(until="voiceset", force=STAGES)
     wall = time.perf_counter() - t0
     videos = read_jsonl(workspace / "fetch" / "videos.jsonl")
     audio_s = sum(v["duration"] for v in videos)
@@ -42,7 +72,7 @@ def run(workspace: Path, sweep: bool) -> str:
         sec = read_json(workspace / st / "_manifest.json")["timings"]["seconds"]
         total += sec
         lines.append(f"| {st} | {sec:.2f} | {sec / audio_s:.4f} |")
-    lines.append(f"| all four (inside stages) | {total:.2f} | {total / audio_s:.4f} |")
+    lines.append(f"| whole voice pipeline (inside stages) | {total:.2f} | {total / audio_s:.4f} |")
     lines.append(f"| whole build (wall, incl. start-up) | {wall:.2f} | {wall / audio_s:.4f} |")
     lines.append(f"\norchestration overhead (wall − time inside stages) / time inside stages: "
                  f"{(wall - total) / total:.3f}\n")
@@ -60,6 +90,7 @@ def run(workspace: Path, sweep: bool) -> str:
         lines.append(f"| {name} | {d['der']:.3f} | {d['missed']:.3f} | {d['false_alarm']:.3f} | {d['confusion']:.3f} "
                      f"| {'yes' if i['found'] else 'no'} | {i['similarity']:.3f} | {pr['purity']:.4f} "
                      f"| {pr['recall']:.3f} |")
+    lines += voice_table(workspace, videos)
     if sweep:
         lines += ["", "clustering threshold sensitivity (same embeddings):", "",
                   "| threshold | " + " | ".join(f"{v['title']} DER (speakers)" for v in videos) + " |",

@@ -20,7 +20,8 @@ def fetch(inputs: list[str], out: str | Path, kind: Optional[str] = None, opt_ou
                                        opt_out_file=Path(opt_out_file) if opt_out_file else None, progress=progress)
 
 
-def _adhoc_spec(files: list[str], out: Path, enroll: list[str], profile: str, consent: str, purpose: str):
+def _adhoc_spec(files: list[str], out: Path, enroll: list[str], profile: str, consent: str, purpose: str,
+                stages: dict | None = None):
     """A real spec for files named on the command line, written to OUT/spec.yaml (inspectable, rerunnable)."""
     import yaml
 
@@ -37,6 +38,8 @@ def _adhoc_spec(files: list[str], out: Path, enroll: list[str], profile: str, co
         "sources": {"videos": [str(Path(f).resolve()) for f in files]},
         "enroll": [str(Path(f).resolve()) for f in enroll],
     }
+    if stages:
+        doc["stages"] = stages
     path = out / "spec.yaml"
     atomic_write_text(path, f"# written by `twin {purpose}`; `twin build {path}` reruns it\n"
                       + yaml.safe_dump(doc, sort_keys=False))
@@ -71,3 +74,34 @@ def diarize(files: list[str], out: str | Path, enroll: list[str] = (), profile: 
         written.append(str(dst))
     summary = read_json(ws / "identify" / "identify.json")
     return {"rttm": written, "identify": summary, "workspace": str(ws)}
+
+
+def voice(files: list[str], out: str | Path, enroll: list[str] = (), profile: str = "embedded",
+          consent: str = "self", workers: int = 1, progress=None, qualify: dict | None = None) -> dict:
+    """`twin voice`: the whole voice pipeline on local files; the dataset exports land in OUT.
+
+    ``OUT/manifest.jsonl`` has, per kept clip, the source file, its start and end second in
+    that file, the text and the scores.
+    """
+    import shutil
+
+    from .cache import read_json
+    from .runner import Runner
+    out = Path(out)
+    qualify = {k: v for k, v in (qualify or {}).items() if v is not None}
+    spec = _adhoc_spec(list(files), out, list(enroll), profile, consent, "voice",
+                       {"qualify": qualify} if qualify else None)
+    runner = Runner(spec, workers=workers, progress=progress)
+    runner.build(until="voiceset")
+    built = runner.ws.root / "voiceset"
+    for entry in sorted(built.iterdir()):
+        if entry.name.startswith("_"):
+            continue
+        dst = out / entry.name
+        if dst.is_dir():
+            shutil.rmtree(dst)
+        if entry.is_dir():
+            shutil.copytree(entry, dst)
+        else:
+            shutil.copyfile(entry, dst)
+    return {"summary": read_json(built / "summary.json"), "out": str(out)}
