@@ -193,13 +193,23 @@ def fetch_cmd(ctx, inputs, kind, out, sample_rate, max_items, cookies, opt_out):
         sys.exit(1)
 
 
+def _audio_inputs(fn):
+    """The inputs the spec-less audio commands share: files, enrollment, profile, consent basis."""
+    for deco in reversed([
+        click.argument("audio", nargs=-1, required=True),
+        click.option("--enroll", multiple=True, type=click.Path(dir_okay=False, exists=True),
+                     help="a clip of the persona's voice alone (repeatable)"),
+        click.option("--profile", type=click.Choice(["embedded", "full"]), default="embedded", show_default=True),
+        click.option("--consent", type=click.Choice(["self", "written-permission", "public-figure-research",
+                                                     "historical"]),
+                     default="self", show_default=True, help="the basis on which you process these recordings"),
+    ]):
+        fn = deco(fn)
+    return fn
+
+
 @main.command("diarize")
-@click.argument("audio", nargs=-1, required=True)
-@click.option("--enroll", multiple=True, type=click.Path(dir_okay=False, exists=True),
-              help="a clip of the persona's voice alone (repeatable)")
-@click.option("--profile", type=click.Choice(["embedded", "full"]), default="embedded", show_default=True)
-@click.option("--consent", type=click.Choice(["self", "written-permission", "public-figure-research", "historical"]),
-              default="self", show_default=True, help="the basis on which you process these recordings")
+@_audio_inputs
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="folder for the RTTM files")
 @click.option("--workers", type=click.IntRange(1, 256), default=1, show_default=True)
 @click.pass_context
@@ -216,12 +226,7 @@ def diarize_cmd(ctx, audio, enroll, profile, consent, out, workers):
 
 
 @main.command("voice")
-@click.argument("audio", nargs=-1, required=True)
-@click.option("--enroll", multiple=True, type=click.Path(dir_okay=False, exists=True),
-              help="a clip of the persona's voice alone (repeatable)")
-@click.option("--profile", type=click.Choice(["embedded", "full"]), default="embedded", show_default=True)
-@click.option("--consent", type=click.Choice(["self", "written-permission", "public-figure-research", "historical"]),
-              default="self", show_default=True, help="the basis on which you process these recordings")
+@_audio_inputs
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="folder for the dataset")
 @click.option("--min-dnsmos", type=float, help="DNSMOS OVRL bar (default 3.0)")
 @click.option("--min-snr", type=float, help="SNR bar in dB (default 20)")

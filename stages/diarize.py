@@ -24,6 +24,7 @@ from pydantic import Field, model_validator
 
 from twin.cache import atomic_write_jsonl, atomic_write_text, read_jsonl
 from twin.errors import MissingDependency, StageError
+from twin.metrics import rttm_text
 from twin.registry import register
 from twin.spec import Strict
 from twin.stage import Stage
@@ -332,11 +333,6 @@ def diarize_pyannote(wav: str, pipeline_ref: str, token: Optional[str], s: dict,
 
 # ----------------------------------------------------------------- per recording
 
-def rttm_lines(recording: str, segments: list[dict], label=lambda s: s) -> str:
-    return "".join(f"SPEAKER {recording} 1 {x['start']:.3f} {x['end'] - x['start']:.3f} <NA> <NA> "
-                   f"{label(x['speaker'])} <NA> <NA>\n" for x in segments)
-
-
 def diarize_recording(item: dict, params: dict) -> dict:
     import soundfile as sf
     audio, rate = sf.read(item["vocals"], dtype="float32")
@@ -350,7 +346,8 @@ def diarize_recording(item: dict, params: dict) -> dict:
         segments, speakers = diarize_embedded(audio, residual, params["segmentation"], params["speaker_embedding"],
                                               params["settings"])
     out = Path(params["out"])
-    atomic_write_text(out / f"{item['id']}.rttm", rttm_lines(item["id"], segments))
+    atomic_write_text(out / f"{item['id']}.rttm",
+                      rttm_text(item["id"], [(x["start"], x["end"], x["speaker"]) for x in segments]))
     return {"segments": [{"recording": item["id"], **x} for x in segments],
             "speakers": [{"recording": item["id"], **x} for x in speakers]}
 

@@ -22,6 +22,7 @@ from pydantic import Field
 
 from twin.cache import atomic_write_json, atomic_write_jsonl, atomic_write_text, read_jsonl
 from twin.errors import StageError
+from twin.metrics import rttm_text
 from twin.registry import register
 from twin.spec import Strict
 from twin.stage import Stage
@@ -137,10 +138,8 @@ class Identify(Stage):
         glob = {(sp["recording"], sp["speaker"]): sp.get("global_speaker") for sp in speakers}
         persona_segments = [x for x in segments if (x["recording"], x["speaker"]) in persona]
         for rec in sorted({x["recording"] for x in segments} | {sp["recording"] for sp in speakers}):
-            lines = "".join(
-                f"SPEAKER {rec} 1 {x['start']:.3f} {x['end'] - x['start']:.3f} <NA> <NA> "
-                f"{'persona' if (rec, x['speaker']) in persona else x['speaker']} <NA> <NA>\n"
-                for x in segments if x["recording"] == rec)
+            lines = rttm_text(rec, [(x["start"], x["end"], "persona" if (rec, x["speaker"]) in persona
+                                     else x["speaker"]) for x in segments if x["recording"] == rec])
             atomic_write_text(ctx.out / f"{rec}.rttm", lines)
         for sp in speakers:
             sp.pop("centroid", None)

@@ -1,4 +1,4 @@
-"""Quality measured against ground truth: DER, persona purity and recall (pyannote.metrics)."""
+"""RTTM I/O, and quality measured against ground truth: DER, persona purity and recall (pyannote.metrics)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -13,6 +13,12 @@ def load_rttm(path: str | Path) -> dict[str, list[tuple[float, float, str]]]:
             start, dur = float(f[3]), float(f[4])
             out.setdefault(f[1], []).append((start, start + dur, f[7]))
     return out
+
+
+def rttm_text(recording: str, turns) -> str:
+    """RTTM lines for (start, end, label) turns."""
+    return "".join(f"SPEAKER {recording} 1 {start:.3f} {end - start:.3f} <NA> <NA> {label} <NA> <NA>\n"
+                   for start, end, label in turns)
 
 
 def annotation(turns):
