@@ -305,7 +305,14 @@ def _fetch_url_media(item: dict, params: dict) -> list[dict]:
                 lang = sub.name[len(base) + 1:-4]
                 atomic_copy(sub, out / "media" / f"{rec['id']}.{lang}.vtt")
                 subs.append({"lang": lang, "path": f"media/{rec['id']}.{lang}.vtt"})
-        records.append(_record(item, url=page, canonical_url=canonical_url(page), retrieved_at=meta["retrieved_at"],
+        # Identity for dedup: the site's own video id; the generic extractor's ids are only file
+        # names, so there the media URL itself is the identity.
+        if info.get("extractor") not in (None, "generic"):
+            identity = f"{info.get('extractor')}:{info.get('id')}"
+        else:
+            identity = canonical_url(info.get("url") or f"{page}#{info.get('id')}")
+        records.append(_record(item, url=page, canonical_url=canonical_url(page), identity=identity,
+                               retrieved_at=meta["retrieved_at"],
                                subtitles=subs, uploader=info.get("uploader"),
                                licence=item.get("licence") or info.get("license"), **rec))
     return records
@@ -646,7 +653,7 @@ def collect(ctx_map, items: list[dict], params: dict, out: Path) -> dict:
             continue
         for rec in value["records"]:
             if rec["status"] == "ok" and rec["kind"] == "videos":
-                key_h, key_u = rec.get("sha256"), rec.get("canonical_url")
+                key_h, key_u = rec.get("sha256"), rec.get("identity")
                 dup = seen_hash.get(key_h) or (seen_url.get(key_u) if key_u else None)
                 if dup:
                     rec = {**rec, "status": "duplicate", "reason": f"same content as {dup}"}

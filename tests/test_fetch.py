@@ -102,6 +102,15 @@ def server():
         "/media/corrupt.mp3": ("audio/mpeg", b"\x00not audio at all\xff" * 900),
         "/watch/enroll.html": ("text/html", b'<html><head><title>Enrollment talk</title></head><body>'
                                             b'<video controls src="/media/enroll.ogg"></video></body></html>'),
+        "/watch/captioned.html": ("text/html", b'<html><head><title>Captioned talk</title></head><body>'
+                                               b'<video controls><source src="/media/enroll.ogg" type="audio/ogg">'
+                                               b'<track kind="subtitles" src="/subs/enroll.vtt" srclang="en">'
+                                               b'</video></body></html>'),
+        "/subs/enroll.vtt": ("text/vtt", b"WEBVTT\n\n00:00:00.000 --> 00:00:05.000\nMy name is Tamsin Vell.\n"),
+        "/watch/many.html": ("text/html", b'<html><head><title>Three talks</title></head><body>'
+                                          b'<video src="/media/enroll.ogg"></video><video src="/media/talk.ogg"></video>'
+                                          b'<video src="/media/third.ogg"></video></body></html>'),
+        "/media/third.ogg": ("audio/ogg", (DEMO / "interview.ogg").read_bytes()),
         "/feed.xml": ("application/rss+xml", FEED.encode()),
         "/news/prize.html": ("text/html; charset=utf-8", ARTICLE.encode()),
         "/w/api.php": ("application/json", wiki_api),
@@ -264,3 +273,21 @@ def test_adhoc_fetch_cli(tmp_path, server):
     # bad input is a usage error naming the file
     res = run_twin("fetch", str(tmp_path / "absent.ogg"), "--out", tmp_path / "o3")
     assert res.returncode == 2 and "absent.ogg: no such file" in res.stderr
+
+
+def test_playlists_are_capped_and_subtitles_kept(spec_dir, server):
+    lines = ["id: web-person", "name: X", 'consent: {basis: self, evidence: "t"}', "workspace: ws", "sources:",
+             "  allow_local: true", "  videos:", f"    - {{url: '{server.url}/watch/many.html', max_items: 2}}",
+             f"    - {server.url}/watch/captioned.html"]
+    spec = spec_dir / "s.yaml"
+    spec.write_text("\n".join(lines) + "\n")
+    Runner(load_spec(spec)).build(until="fetch")
+    out = spec_dir / "ws" / "fetch"
+    prov = read_jsonl(out / "provenance.jsonl")
+    from_page = [r for r in prov if r["source"] == "sources.videos[0]"]
+    assert [r["status"] for r in from_page] == ["ok", "ok"]          # three on the page, two allowed
+    assert server.hits[("GET", "/media/third.ogg")] == 0
+    captioned = next(r for r in prov if r["source"] == "sources.videos[1]")
+    assert captioned["subtitles"] and captioned["subtitles"][0]["lang"] == "en"
+    assert "Tamsin Vell" in (out / captioned["subtitles"][0]["path"]).read_text()
+    assert captioned["status"] == "duplicate"  # the same audio as the playlist's first entry
