@@ -11,4 +11,5 @@ PIPELINE = [
     "qualify",
     "transcribe",
     "voiceset",
+    "style_data",
 ]

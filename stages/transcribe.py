@@ -38,6 +38,8 @@ class Settings(Strict):
     min_cps: float = Field(4.0, ge=0, description="reject clips with fewer characters per second")
     max_cps: float = Field(25.0, gt=0, description="reject clips with more characters per second")
     cps_mad: float = Field(4.0, gt=0, description="reject clips this many MADs from the median characters/second")
+    context_gap: float = Field(3.0, ge=0, description="also transcribe another speaker's turn ending this close "
+                                                      "before a clip (the question it answers); 0 disables")
 
 
 @lru_cache(maxsize=2)
@@ -107,9 +109,18 @@ def transcribe_clips(item: dict, params: dict) -> dict:
                                      return_char_alignments=False)
             words = [{k: w.get(k) for k in ("word", "start", "end", "score")} for w in aligned.get("word_segments", [])]
         text = " ".join(x["text"].strip() for x in segs).strip()
+        prompt = None
+        if clip.get("context"):
+            cx = clip["context"]
+            mixture = sf.read(item["mixture"], dtype="float32", start=int(cx["start"] * RATE),
+                              stop=int(cx["end"] * RATE))[0]
+            heard = model.transcribe(mixture, batch_size=s["batch_size"], language=lang).get("segments", [])
+            prompt = {"text": " ".join(x["text"].strip() for x in heard).strip(), **cx}
         logprobs = [x.get("avg_logprob") for x in segs if x.get("avg_logprob") is not None]
         speech = sum(x["end"] - x["start"] for x in segs) or clip["duration"]
         rows.append({"id": clip["id"], "text": text, "language": language,
+                     "prompt_text": prompt["text"] if prompt else None,
+                     "prompt_speaker": prompt["speaker"] if prompt else None,
                      "segments": [{"start": round(x["start"], 3), "end": round(x["end"], 3), "text": x["text"].strip(),
                                    "avg_logprob": round(x.get("avg_logprob", 0.0), 4)} for x in segs],
                      "words": words, "alignment": None if aligner is not None else (align_error or "not requested"),
@@ -123,7 +134,7 @@ class Transcribe(Stage):
     name = "transcribe"
     version = "1"
     summary = "whisperx transcripts of the kept clips, with confidence and language filters"
-    reads = ("fetch", "qualify")
+    reads = ("fetch", "diarize", "identify", "qualify")
     model_roles = ("asr",)
     libraries = ("whisperx", "faster-whisper", "ctranslate2")
     Settings = Settings
@@ -144,7 +155,9 @@ class Transcribe(Stage):
         by_rec: dict[str, list] = {}
         for c in clips:
             by_rec.setdefault(c["recording"], []).append(c)
-        items = [{"id": rec, "clips": cs} for rec, cs in sorted(by_rec.items())]
+        self._attach_context(ctx, clips)
+        media = {v["id"]: str(ctx.input("fetch") / v["path"]) for v in read_jsonl(ctx.input("fetch") / "videos.jsonl")}
+        items = [{"id": rec, "clips": cs, "mixture": media[rec]} for rec, cs in sorted(by_rec.items())]
         params = {"asr": asr.location, "device": dev, "compute_type": compute_type(dev), "language": language,
                   "align": align, "settings": s.model_dump()}
         results = ctx.map(transcribe_clips, items, key=lambda it: it["id"], params=params, step="transcribe")
@@ -181,6 +194,31 @@ class Transcribe(Stage):
         return {"clips": len(rows), "kept": len(kept), "alignment": align,
                 "median_chars_per_second": round(med, 2),
                 "subtitle_wer_mean": round(float(np.mean(agreement)), 4) if agreement else None}
+
+    def _attach_context(self, ctx, clips: list[dict]) -> None:
+        """The other speaker's turn just before each clip (an interviewer's question), if any."""
+        gap = ctx.settings.context_gap
+        if gap <= 0:
+            return
+        persona = {(x["recording"], x["speaker"]) for x in read_jsonl(ctx.input("identify") / "speakers.jsonl")
+                   if x.get("persona")}
+        others = [x for x in read_jsonl(ctx.input("diarize") / "segments.jsonl")
+                  if (x["recording"], x["speaker"]) not in persona]
+        for c in clips:
+            before = [x for x in others if x["recording"] == c["recording"] and
+                      c["start"] - gap <= x["end"] <= c["start"] + 0.3]
+            if not before:
+                continue
+            last = max(before, key=lambda x: x["end"])
+            start = last["start"]
+            # the same speaker's pieces just before it belong to the same question
+            for x in sorted(others, key=lambda x: -x["end"]):
+                if x["recording"] == c["recording"] and x["speaker"] == last["speaker"] and \
+                        x["end"] <= start and start - x["end"] < 1.0:
+                    start = x["start"]
+            start = max(start, last["end"] - 30.0)
+            c["context"] = {"start": round(start, 3), "end": round(min(last["end"], c["start"]), 3),
+                            "speaker": last["speaker"]}
 
     def _subtitles(self, ctx) -> dict[str, Path]:
         out = {}
