@@ -8,6 +8,7 @@ journaled (a killed run resumes at the next unfinished item) and runs on any exe
 """
 from __future__ import annotations
 
+import abc
 import hashlib
 import logging
 from pathlib import Path
@@ -22,7 +23,7 @@ class NoSettings(Strict):
     """This stage has no settings."""
 
 
-class Stage:
+class Stage(abc.ABC):
     name: ClassVar[str]
     version: ClassVar[str]
     summary: ClassVar[str] = ""
@@ -49,8 +50,9 @@ class Stage:
         """Files outside the workspace this stage reads (local sources), by a stable label."""
         return {}
 
+    @abc.abstractmethod
     def run(self, ctx: "StageContext") -> dict:
-        raise NotImplementedError(f"stage {self.name} has no run()")
+        """Write outputs under ``ctx.out``; return counts for the manifest."""
 
 
 class StageContext:
