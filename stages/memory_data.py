@@ -82,7 +82,7 @@ def entities(text: str, persona_names: list[str]) -> list[str]:
     first = text.split()[0] if text.split() else ""
     out = []
     for e in found:
-        e = e.strip()
+        e = re.sub(r"^(Today|In|By|After|During|As|The)\s+", "", e.strip())
         if e.lower() in names or any(e.lower() == f"{n}'s" for n in names) or e in MONTHS.split("|"):
             continue
         if e == first.strip(",.") and " " not in e:
@@ -95,12 +95,46 @@ def entities(text: str, persona_names: list[str]) -> list[str]:
 
 # ----------------------------------------------------------------- questions
 
+_CONTENT_STOP = set("""about above after again also another because been before being between could during each
+every from have having here into just more most much other over same should some such than that their them then
+there these they this those through under until very were what when where which while with would year years time
+today full part later whether grows deciding before known including""".split())
+
+
+def subject_topic(text: str, persona_names: list[str]) -> Optional[str]:
+    """'The farm's first raft broke loose' → 'the farm's first raft'; 'Her mother, ...' → 'your mother'."""
+    names = "|".join(re.escape(n) + "'s" for n in persona_names)
+    m = re.match(rf"^(The|Her|His|{names})\s+([a-z][\w'-]*(?:\s+[a-z][\w'-]*){{0,2}}?)"
+                 r"(?=[\s,]+(?:[a-z]+s|[a-z]+ed|is|was|has|had|are|were|came|grew|broke|took|won|made)\b)", text)
+    if not m:
+        return None
+    det = "the" if m.group(1) == "The" else "your"
+    return f"{det} {m.group(2)}"
+
+
+def keyword(text: str, persona_names: list[str]) -> Optional[str]:
+    """The fact's last content word: what sets it apart from its neighbours."""
+    names = {w.lower() for n in persona_names for w in n.split()}
+    words = [w.strip("'") for w in re.findall(r"\b[a-z][a-z'-]{3,}\b", text)
+             if w not in _CONTENT_STOP and w not in NUMBER_WORDS and w not in names
+             and not w.endswith(("ed", "ly", "ing"))]
+    return words[-1] if words else None
+
+
 def questions_for(fact: dict, persona_names: list[str]) -> list[tuple[str, str]]:
     """(angle, question) pairs for one fact, from its own entities, dates and numbers."""
     text = fact["text"]
     ents = entities(text, persona_names)
     section = (fact.get("section") or "").lower()
-    topic = max(ents, key=len) if ents else (f"your {section}" if section else "that")
+    if section in {n.lower() for n in persona_names}:
+        section = "yourself"
+    if ents:
+        topic = max(ents, key=len)
+    else:
+        base = subject_topic(text, persona_names) or (
+            "yourself" if section == "yourself" else f"your {section}" if section else "that")
+        word = keyword(text, persona_names)
+        topic = f"{base} and the {word}" if word and word not in base else base
     qs = [("what", f"What can you tell me about {topic}?"),
           ("what-paraphrase", f"Tell me about {topic}." if ents else f"Tell me more about {topic}.")]
     if re.search(rf"\b(1[89]\d\d|20\d\d)\b|\b({MONTHS})\b", text):
