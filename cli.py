@@ -243,5 +243,27 @@ def voice_cmd(ctx, audio, enroll, profile, consent, out, min_dnsmos, min_snr, wo
                + ", ".join(f"{k} {v}" for k, v in sorted(s["rejected_by_reason"].items())) + ")")
 
 
+@main.command("qa")
+@click.argument("facts_file", type=click.Path(dir_okay=False))
+@click.option("--name", required=True, help="the person the facts are about")
+@click.option("--profile", type=click.Choice(["embedded", "full"]), default="embedded", show_default=True)
+@click.option("--llm", help="an http(s) URL of an OpenAI-compatible server, a hub id or a local model")
+@click.option("--server-model", default="default", show_default=True, help="model name to ask a server for")
+@click.option("--answers", type=click.Choice(["auto", "llm", "rule"]), default="auto", show_default=True,
+              help="who writes the first-person answers (auto: the LLM, checked, with the rule rewrite as fallback)")
+@click.option("--consent", type=click.Choice(["self", "written-permission", "public-figure-research", "historical"]),
+              default="self", show_default=True)
+@click.option("--out", required=True, type=click.Path(file_okay=False))
+@click.pass_context
+def qa_cmd(ctx, facts_file, name, profile, llm, server_model, answers, consent, out):
+    """First-person question-answer pairs from a third-person FACTS_FILE → OUT/memory.jsonl."""
+    from twin import adhoc
+    with _progress(ctx) as progress:
+        result = adhoc.qa(facts_file, out, name, profile, llm, server_model, answers, consent, progress)
+    st = result["stats"]
+    click.echo(f"{result['samples']} samples ({st['coverage']:.0%} of {st['facts']} facts have 3+ pairs) "
+               f"→ {result['out']}")
+
+
 if __name__ == "__main__":
     main()

@@ -10,7 +10,8 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHES = [("Voice pipeline: real-time factor, DER, persona purity, kept speech, WER", ["voice.py", "--sweep"])]
+BENCHES = [("Voice pipeline: real-time factor, DER, persona purity, kept speech, WER", ["voice.py", "--sweep"]),
+           ("LLM generation: batched against one by one", ["generation.py"])]
 
 
 def main() -> int:

@@ -7,8 +7,9 @@
    admits not knowing. Questions come from templates driven by the fact's own entities, dates
    and numbers (``question_method: template``): a small model proposes questions too poorly.
 3. Answer in the first person: the LLM rewrites the fact as the persona's answer; an answer
-   that fails the checks is retried once, then replaced by a rule-based first-person rewrite
-   of the fact (``answer_method: llm`` or ``rule``, with the model id).
+   that fails the checks is recorded in ``rejected.jsonl`` with its reasons and replaced by a
+   rule-based first-person rewrite of the fact (``answer_method: llm`` or ``rule``, with the
+   model id).
 4. Check every pair: grounded in its fact (sentence-embedding similarity with all-MiniLM-L6-v2
    plus number and entity overlap), first person (no third-person reference to the persona),
    not a duplicate.
@@ -49,6 +50,8 @@ class Settings(Strict):
     disclose_synthetic: bool = Field(True, description="identity answers say the twin is synthetic")
     eval_per_fact: int = Field(1, ge=0, le=3, description="paraphrased questions per fact held out for evaluation")
     unanswerable_per_section: int = Field(1, ge=0, le=5, description="questions the text does not answer, per section")
+    server_model: str = Field("default", description="model name to ask for when models.llm is an http(s) URL of "
+                                                     "an OpenAI-compatible server")
 
 
 # ----------------------------------------------------------------- facts
@@ -246,7 +249,8 @@ class MemoryData(Stage):
         from twin.llm import GenParams, make_llm
         s = ctx.settings
         spec = ctx.spec
-        names = [spec.name, *spec.aliases]
+        # the full name, the aliases, and each part of the name ("Vell studied ..." is the persona too)
+        names = list(dict.fromkeys([spec.name, *spec.aliases, *(w for w in spec.name.split() if len(w) > 2)]))
         docs = read_jsonl(ctx.input("fetch") / "facts.jsonl")
         facts = [f for d in docs for f in facts_of(d)]
         if not facts:
@@ -262,7 +266,7 @@ class MemoryData(Stage):
         llm_id = None
         if s.answer_method in ("auto", "llm"):
             llm = make_llm(ctx.models["llm"].location, cache_dir=ctx.cache, device="cpu" if spec.profile ==
-                           "embedded" else None, batch_size=s.batch_size)
+                           "embedded" else None, batch_size=s.batch_size, model=s.server_model)
             llm_id = ctx.models["llm"].fingerprint_id
             convs = [[{"role": "system", "content": system},
                       {"role": "user", "content": f"Fact about you: {p['fact']['text']}\nQuestion: {p['question']}"}]
@@ -320,6 +324,7 @@ class MemoryData(Stage):
                                       {"role": "user", "content": p["question"]},
                                       {"role": "assistant", "content": answer}],
                          "kind": "fact", "angle": p["angle"], "fact": p["fact"]["id"], "fact_text": p["fact"]["text"],
+                         "chunk": p["fact"]["chunk"],
                          "section": p["fact"]["section"], "document": p["fact"]["document"],
                          "question_method": "template", "answer_method": method,
                          "model": llm_id if method == "llm" else None, "similarity": round(sim, 4)})

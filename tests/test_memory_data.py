@@ -47,3 +47,16 @@ def test_demo_memory_pairs_are_first_person_grounded_and_unique(demo_build):
     stats = read_json(out / "stats.json")
     assert stats["facts"] >= 40 and stats["question_method"] == "template"
     assert stats["coverage"] >= 0.9        # at least 90% of the facts get 3 or more grounded pairs
+
+
+def test_adhoc_qa_command(tmp_path):
+    from conftest import DEMO, run_twin
+    out = run_twin("qa", DEMO / "bio.md", "--name", "Tamsin Vell", "--answers", "rule", "--out", tmp_path / "o")
+    assert out.returncode == 0, out.stderr
+    rows = read_jsonl(tmp_path / "o" / "memory.jsonl")
+    facts = [r for r in rows if r["kind"] == "fact"]
+    assert facts and all(r["chunk"] and r["fact_text"] in r["chunk"].replace("\n", " ") for r in facts)
+    assert {r["split"] for r in rows} == {"train", "eval"}
+    # "Vell studied ..." is the persona too: no answer names her by a part of her name
+    assert not any(third_person_hits(r["messages"][2]["content"], NAMES) for r in rows if r["kind"] != "identity")
+    assert run_twin("qa", tmp_path / "missing.md", "--name", "X", "--out", tmp_path / "o2").returncode == 2

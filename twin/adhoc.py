@@ -105,3 +105,38 @@ def voice(files: list[str], out: str | Path, enroll: list[str] = (), profile: st
         else:
             shutil.copyfile(entry, dst)
     return {"summary": read_json(built / "summary.json"), "out": str(out)}
+
+
+def qa(facts_file: str, out: str | Path, name: str, profile: str = "embedded", llm: str | None = None,
+       server_model: str = "default", answer_method: str = "auto", consent: str = "self", progress=None) -> dict:
+    """`twin qa`: the memory dataset of one text file, as ``OUT/memory.jsonl`` (one chat sample per
+    line, with the chunk it came from)."""
+    import re
+
+    import yaml
+
+    from .cache import atomic_write_jsonl, atomic_write_text, read_json, read_jsonl
+    from .runner import Runner
+    from .spec import load_spec
+    if not Path(facts_file).is_file():
+        raise UsageError(f"{facts_file}: no such file")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")[:60] or "persona"
+    slug = slug if len(slug) > 1 else f"{slug}-x"
+    doc = {"id": slug, "name": name, "profile": profile, "workspace": ".work",
+           "consent": {"basis": consent, "evidence": f"stated on the command line (qa --consent {consent})"},
+           "sources": {"facts": [str(Path(facts_file).resolve())]},
+           "stages": {"memory_data": {"answer_method": answer_method, "server_model": server_model}}}
+    if llm:
+        doc["models"] = {"llm": llm}
+    path = out / "spec.yaml"
+    atomic_write_text(path, f"# written by `twin qa`; `twin build {path} --until memory_data` reruns it\n"
+                      + yaml.safe_dump(doc, sort_keys=False))
+    runner = Runner(load_spec(path), progress=progress)
+    runner.build(only=["fetch", "memory_data"])
+    built = runner.ws.root / "memory_data"
+    samples = [dict(x, split="train") for x in read_jsonl(built / "train.jsonl")] + \
+        [dict(x, split="eval") for x in read_jsonl(built / "eval.jsonl")]
+    atomic_write_jsonl(out / "memory.jsonl", samples)
+    return {"samples": len(samples), "stats": read_json(built / "stats.json"), "out": str(out / "memory.jsonl")}
