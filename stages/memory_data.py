@@ -7,8 +7,8 @@
    admits not knowing. Questions come from templates driven by the fact's own entities, dates
    and numbers (``question_method: template``): a small model proposes questions too poorly.
 3. Answer in the first person: the LLM rewrites the fact as the persona's answer; an answer
-   that fails the checks is recorded in ``rejected.jsonl`` with its reasons and replaced by a
-   rule-based first-person rewrite of the fact (``answer_method: llm`` or ``rule``, with the
+   that fails the checks is asked for once more (sampled); one that fails again is recorded
+   in ``rejected.jsonl`` with its reasons and replaced by a rule-based first-person rewrite of the fact (``answer_method: llm`` or ``rule``, with the
    model id).
 4. Check every pair: grounded in its fact (sentence-embedding similarity with all-MiniLM-L6-v2
    plus number and entity overlap), first person (no third-person reference to the persona),
@@ -276,14 +276,6 @@ class MemoryData(Stage):
             for i in range(0, len(convs), step):
                 llm_answers[i:i + step] = llm.chat(convs[i:i + step], params)
                 ctx.progress("memory_data answers", min(i + step, len(convs)), len(convs))
-        # 2. checks (embedding similarity in one batch)
-        emb = _embedder()
-        fact_texts = [p["fact"]["text"] for p in pairs]
-        cands = [(llm_answers[i], "llm") if llm_answers[i] else (rule_answers[i], "rule") for i in range(len(pairs))]
-        vec_f = emb.encode(fact_texts, batch_size=64, normalize_embeddings=True)
-        vec_a = emb.encode([c[0] for c in cands], batch_size=64, normalize_embeddings=True)
-        vec_r = emb.encode(rule_answers, batch_size=64, normalize_embeddings=True)
-
         def check(answer: str, fact: str, sim: float) -> list[str]:
             problems = []
             if sim < s.min_similarity:
@@ -298,7 +290,29 @@ class MemoryData(Stage):
                 problems.append("third person")
             return problems
 
+        # 2. checks (embedding similarity in one batch)
+        emb = _embedder()
+        fact_texts = [p["fact"]["text"] for p in pairs]
+        cands = [(llm_answers[i], "llm") if llm_answers[i] else (rule_answers[i], "rule") for i in range(len(pairs))]
+        vec_f = emb.encode(fact_texts, batch_size=64, normalize_embeddings=True)
+        vec_a = emb.encode([c[0] for c in cands], batch_size=64, normalize_embeddings=True)
+        vec_r = emb.encode(rule_answers, batch_size=64, normalize_embeddings=True)
+
         kept, rejected = [], []
+        # an LLM answer that fails a check is asked for once more (sampled), before the rule rewrite
+        failing = [i for i, (a, m) in enumerate(cands) if m == "llm" and
+                   check(a, fact_texts[i], float(vec_a[i] @ vec_f[i]))]
+        if failing:
+            retry = llm.chat([convs[i] for i in failing], GenParams(max_new_tokens=s.max_new_tokens, temperature=0.7,
+                                                                    top_p=0.9, seed=spec.seed + 1))
+            vec_retry = emb.encode(retry, batch_size=64, normalize_embeddings=True)
+            for j, i in enumerate(failing):
+                rejected.append({"question": pairs[i]["question"], "answer": cands[i][0], "method": "llm",
+                                 "attempt": 1, "fact": pairs[i]["fact"]["id"],
+                                 "reasons": check(cands[i][0], fact_texts[i], float(vec_a[i] @ vec_f[i]))})
+                if retry[j]:
+                    cands[i] = (retry[j], "llm")
+                    vec_a[i] = vec_retry[j]
         seen_q: set[str] = set()
         seen_a: dict[str, set] = {}
         for i, p in enumerate(pairs):
@@ -306,7 +320,7 @@ class MemoryData(Stage):
             sim = float(vec_a[i] @ vec_f[i])
             problems = check(answer, p["fact"]["text"], sim)
             if problems and method == "llm" and s.answer_method == "auto":
-                rejected.append({"question": p["question"], "answer": answer, "method": "llm",
+                rejected.append({"question": p["question"], "answer": answer, "method": "llm", "attempt": 2,
                                  "fact": p["fact"]["id"], "reasons": problems})
                 answer, method, sim = rule_answers[i], "rule", float(vec_r[i] @ vec_f[i])
                 problems = check(answer, p["fact"]["text"], sim)

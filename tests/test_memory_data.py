@@ -1,5 +1,6 @@
 """memory_data: first-person, grounded QA pairs from the demo's third-person bio."""
 from stages.memory_data import first_person, questions_for, third_person_hits
+from test_llm import tiny_model  # noqa: F401 - the fixture
 from twin.cache import read_json, read_jsonl
 
 NAMES = ["Tamsin Vell", "Vell", "Tamsin"]
@@ -60,3 +61,27 @@ def test_adhoc_qa_command(tmp_path):
     # "Vell studied ..." is the persona too: no answer names her by a part of her name
     assert not any(third_person_hits(r["messages"][2]["content"], NAMES) for r in rows if r["kind"] != "identity")
     assert run_twin("qa", tmp_path / "missing.md", "--name", "X", "--out", tmp_path / "o2").returncode == 2
+
+
+def test_llm_answers_are_checked_retried_then_replaced(tmp_path, tiny_model):
+    """The LLM path for real, with a tiny random-weight model whose answers fail the checks."""
+    from twin.runner import Runner
+    from twin.spec import load_spec
+    (tmp_path / "bio.md").write_text("# Ada Quill\n\n## Life\n\nAda Quill was born in 1990 in Port Ardley.\n"
+                                     "She studied chemistry at the University of Aberdeen.\n"
+                                     "Quill runs a bakery with six employees.\n")
+    (tmp_path / "s.yaml").write_text(
+        "id: ada-quill\nname: Ada Quill\nconsent: {basis: self, evidence: t}\nworkspace: ws\n"
+        f"sources: {{facts: [bio.md]}}\nmodels: {{llm: {tiny_model}}}\n"
+        "stages: {memory_data: {answer_method: auto, max_new_tokens: 12}}\n")
+    Runner(load_spec(tmp_path / "s.yaml")).build(only=["fetch", "memory_data"])
+    out = tmp_path / "ws" / "memory_data"
+    rejected = read_jsonl(out / "rejected.jsonl")
+    llm_rejects = [r for r in rejected if r["method"] == "llm"]
+    assert {r["attempt"] for r in llm_rejects} == {1, 2} and all(r["reasons"] for r in llm_rejects)
+    pairs = read_jsonl(out / "train.jsonl") + read_jsonl(out / "eval.jsonl")
+    facts = [p for p in pairs if p["kind"] == "fact"]
+    assert facts and all(p["answer_method"] in ("llm", "rule") for p in facts)
+    assert all(p["model"] for p in facts if p["answer_method"] == "llm")
+    assert read_json(out / "stats.json")["llm"].startswith("local:")
+    assert "I was born in 1990" in " ".join(p["messages"][2]["content"] for p in facts)
