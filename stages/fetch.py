@@ -201,13 +201,13 @@ class _Logger:
         self.errors: list[str] = []
 
     def debug(self, msg):
-        pass
+        return None      # yt-dlp's chatter is not ours to print
 
     def info(self, msg):
-        pass
+        return None
 
     def warning(self, msg):
-        pass
+        return None
 
     def error(self, msg):
         self.errors.append(re.sub(r"\x1b\[[0-9;]*m", "", str(msg)).removeprefix("ERROR: "))

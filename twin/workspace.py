@@ -13,6 +13,7 @@ killed build never leaves half-written outputs there.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import json
@@ -75,11 +76,9 @@ class WorkspaceLock:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
             holder = ""
-            try:
+            with contextlib.suppress(ValueError, OSError):   # the holder's note is a courtesy
                 info = json.loads(os.pread(fd, 4096, 0).decode() or "{}")
                 holder = f" by pid {info.get('pid')} on {info.get('host')} since {info.get('started')}"
-            except (ValueError, OSError):
-                pass
             os.close(fd)
             if exc.errno in (errno.EAGAIN, errno.EACCES):
                 raise BusyError(f"workspace {self.path.parent} is being built{holder}; "
@@ -93,10 +92,8 @@ class WorkspaceLock:
 
     def __exit__(self, *exc):
         if self._fd is not None:
-            try:
+            with contextlib.suppress(OSError):
                 os.ftruncate(self._fd, 0)
-            except OSError:
-                pass
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None
