@@ -156,7 +156,6 @@ def local_speakers(audio: np.ndarray, residual: Optional[np.ndarray], seg_model_
     """
     import torch
     from pyannote.audio import Inference
-    from pyannote.core import SlidingWindowFeature  # noqa: F401 - the type Inference returns
 
     from twin.speaker import embed, segmentation_model
     model = segmentation_model(seg_model_path, "cpu")
@@ -366,7 +365,7 @@ class Diarize(Stage):
     def backend(self, spec) -> str:
         b = getattr(spec.stages, self.name).backend
         if b == "auto":
-            return "embedded" if ctx_models_embedded(spec) else "pyannote"
+            return "embedded" if spec.profile == "embedded" and not spec.models.diarizer else "pyannote"
         return b
 
     def run(self, ctx) -> dict:
@@ -395,6 +394,3 @@ class Diarize(Stage):
         return {"recordings": len(items), "segments": len(segments), "speakers": len(speakers),
                 "speech_seconds": round(sum(x["end"] - x["start"] for x in segments), 2), "backend": backend}
 
-
-def ctx_models_embedded(spec) -> bool:
-    return spec.profile == "embedded" and not spec.models.diarizer

@@ -637,8 +637,9 @@ def make_items(kind_sources: list[tuple[str, dict]], base_dir: Path) -> list[dic
     return items
 
 
-def collect(ctx_map, items: list[dict], params: dict, out: Path) -> dict:
-    """Run the fetchers over ``items`` through ``ctx_map`` and write the stage's outputs."""
+def collect(ctx_map, items: list[dict], params: dict, out: Path) -> tuple[dict, list[dict]]:
+    """Run the fetchers over ``items`` through ``ctx_map``, write the stage's outputs; return
+    the counts and every failed item with its reason."""
     results = []
     for kind in ("videos", "posts", "facts"):
         kind_items = [it for it in items if it["kind"] == kind]
@@ -646,6 +647,7 @@ def collect(ctx_map, items: list[dict], params: dict, out: Path) -> dict:
             results += ctx_map(FETCHERS[kind], kind_items, key=lambda it: it["label"] + "|" + it["location"],
                                params=params, step=f"fetch {kind}")
     provenance, videos, posts, facts = [], [], [], []
+    fact_ids: set[str] = set()
     seen_hash, seen_url = {}, {}
     for item, ok, value in results:
         if not ok:
@@ -667,9 +669,9 @@ def collect(ctx_map, items: list[dict], params: dict, out: Path) -> dict:
         for p in value.get("posts", []):
             posts.append(p)
         for f in value.get("facts", []):
-            if f["id"] in {x["id"] for x in facts}:
-                continue
-            facts.append(f)
+            if f["id"] not in fact_ids:
+                fact_ids.add(f["id"])
+                facts.append(f)
     # Posts: dedup exact repeats across sources (near-duplicates are style_data's job).
     seen_text, unique_posts = set(), []
     for p in posts:
@@ -695,7 +697,9 @@ def collect(ctx_map, items: list[dict], params: dict, out: Path) -> dict:
         "failed": sum(1 for r in provenance if r["status"] == "failed"),
         "skipped": sum(1 for r in provenance if r["status"] in ("skipped", "duplicate")),
     }
-    return counts
+    failures = [{"item": r["source"] + " " + (r.get("url") or r["location"]), "reason": r["reason"]}
+                for r in provenance if r["status"] == "failed"]
+    return counts, failures
 
 
 @register
@@ -729,7 +733,7 @@ class Fetch(Stage):
         spec = ctx.spec
         if not spec.consent or not spec.consent.basis:
             raise StageError(self.name, "the spec states no consent basis; refusing to fetch")
-        opt = load_opt_out(spec.opt_out.names + [], spec.opt_out.channels, spec.opt_out.domains,
+        opt = load_opt_out(spec.opt_out.names, spec.opt_out.channels, spec.opt_out.domains,
                            spec.resolve_path(spec.opt_out.file) if spec.opt_out.file else None)
         for name in [spec.name, *spec.aliases]:
             if name.lower() in opt["names"]:
@@ -744,8 +748,8 @@ class Fetch(Stage):
                 raise StageError(self.name, f"sources.{kind}[{i}]: local address needs sources.allow_local")
         items = make_items(sources, spec.base_dir)
         params = self.params(settings, ctx.out, ctx.cache, opt)
-        counts = collect(ctx.map, items, params, ctx.out)
-        ctx.failures[:] = _failures(ctx.out)  # every failure, once, from the provenance records
+        counts, failures = collect(ctx.map, items, params, ctx.out)
+        ctx.failures[:] = failures  # every failure once, as recorded in provenance.jsonl
         usable = counts["videos"] + counts["posts"] + counts["facts_documents"]
         if items and usable == 0:
             raise StageError(self.name, f"nothing usable was fetched ({counts['failed']} failed); "
@@ -777,7 +781,7 @@ class Fetch(Stage):
         opt = load_opt_out(file=opt_out_file)
         ctx = StageContext(stage=self, spec=_AdhocSpec(s), out=out, journal=out / ".journal",
                            inputs={}, executor=InlineExecutor(), models={}, progress=progress)
-        counts = collect(ctx.map, items, self.params(s, out, out / ".cache", opt), out)
+        counts, _ = collect(ctx.map, items, self.params(s, out, out / ".cache", opt), out)
         import shutil
         shutil.rmtree(out / ".journal", ignore_errors=True)
         return counts
@@ -797,13 +801,3 @@ def _guess_kind(loc: str) -> str:
     if "://" in loc and not suffix:
         return "videos"
     return "facts"
-
-
-def _failures(out: Path) -> list[dict]:
-    path = out / "provenance.jsonl"
-    fails = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        rec = json.loads(line)
-        if rec["status"] == "failed":
-            fails.append({"item": rec["source"] + " " + (rec.get("url") or rec["location"]), "reason": rec["reason"]})
-    return fails

@@ -314,7 +314,6 @@ class MemoryData(Stage):
                     cands[i] = (retry[j], "llm")
                     vec_a[i] = vec_retry[j]
         seen_q: set[str] = set()
-        seen_a: dict[str, set] = {}
         for i, p in enumerate(pairs):
             answer, method = cands[i]
             sim = float(vec_a[i] @ vec_f[i])
@@ -332,7 +331,6 @@ class MemoryData(Stage):
                                  "fact": p["fact"]["id"], "reasons": problems})
                 continue
             seen_q.add(qkey)
-            seen_a.setdefault(p["fact"]["id"], set()).add(answer)
             kept.append({"id": hashlib.sha256(f"{p['fact']['id']}|{p['question']}".encode()).hexdigest()[:16],
                          "messages": [{"role": "system", "content": f"You are {spec.name}."},
                                       {"role": "user", "content": p["question"]},

@@ -71,12 +71,3 @@ class RichProgress(NullProgress):
             task = self._tasks[step] = self._progress.add_task(step, total=total)
         self._progress.update(task, completed=completed or 0, total=total)
 
-
-def ytdlp_hook(progress: ProgressHook, step: str):
-    """Adapt yt-dlp's status dicts to the progress protocol."""
-
-    def hook(d: dict) -> None:
-        total = d.get("total_bytes") or d.get("total_bytes_estimate")
-        progress(step, d.get("downloaded_bytes"), total)
-
-    return hook

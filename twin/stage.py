@@ -93,14 +93,17 @@ class StageContext:
         step = step or self.stage.name
         jdir = self.journal / (fn.__module__ + "." + fn.__qualname__).replace("/", "_")
         keys = [key(it) for it in items]
+
+        def entry(k: str) -> Path:
+            return jdir / (hashlib.sha256(k.encode()).hexdigest()[:32] + ".json")
+
         if len(set(keys)) != len(keys):
             raise ValueError(f"stage {self.stage.name}: item keys are not unique")
         results: list[Any] = [None] * len(items)
         todo = []
         for i, k in enumerate(keys):
-            entry = jdir / (hashlib.sha256(k.encode()).hexdigest()[:32] + ".json")
-            if entry.is_file():
-                rec = read_json(entry)
+            if entry(k).is_file():
+                rec = read_json(entry(k))
                 results[i] = (items[i], rec["ok"], rec["value"])
                 self.resumed_items += 1
             else:
@@ -111,8 +114,7 @@ class StageContext:
             self.log.info("%s: resuming, %d of %d items already done", step, done, len(items))
         for j, ok, value in self.executor.map(fn, [items[i] for i in todo], params):
             i = todo[j]
-            entry = jdir / (hashlib.sha256(keys[i].encode()).hexdigest()[:32] + ".json")
-            atomic_write_json(entry, {"key": keys[i], "ok": ok, "value": value})
+            atomic_write_json(entry(keys[i]), {"key": keys[i], "ok": ok, "value": value})
             results[i] = (items[i], ok, value)
             done += 1
             self.progress(step, done, len(items))
