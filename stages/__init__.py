@@ -13,4 +13,5 @@ PIPELINE = [
     "voiceset",
     "style_data",
     "memory_data",
+    "train",
 ]

@@ -1,0 +1,514 @@
+"""LoRA fine-tuning of a causal LM on chat samples: the engine behind the ``train`` stage.
+
+What it does, and why:
+
+* **Assistant-only loss.** Each sample is rendered with the base model's own chat template;
+  the character spans of the assistant turns are found by rendering the conversation up to
+  each turn, and only tokens inside those spans (the turn's text and its end-of-turn token)
+  carry labels. System prompts and questions are context, never targets.
+* **Packing.** Short samples (posts) are packed first-fit-decreasing into rows of at most
+  ``max_length`` tokens. Position ids restart at every sample and a block-diagonal causal
+  mask keeps samples from seeing each other, so packing changes speed, not the maths.
+  ``packing: false`` gives padded batches of length-sorted samples instead.
+* **Deterministic and resumable.** The data order of epoch *e* comes from ``(seed, e)``;
+  dropout is seeded by the global step; the learning rate is a pure function of the step.
+  A checkpoint (trainable weights, optimizer state, step, history) is written atomically
+  every ``checkpoint_every`` steps and at each epoch's end, so a killed run continues from
+  it and ends with the same weights as an uninterrupted one.
+* **Evaluation and the best checkpoint.** The held-out loss (mean over assistant tokens) is
+  measured before training and after every epoch; the adapter of the best epoch is kept,
+  not the last.
+* **Devices.** ``accelerate`` runs the loop: float32 on CPU, bf16 autocast on CUDA, several
+  GPUs under ``accelerate launch`` with the same code; optional 4-bit QLoRA (bitsandbytes)
+  on CUDA.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Optional, Sequence
+
+import numpy as np
+
+from .cache import atomic_write_json, read_json
+from .errors import UsageError
+
+log = logging.getLogger("twin.training")
+IGNORE = -100
+
+
+@dataclass
+class TrainConfig:
+    rank: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: str | list[str] = "all-linear"
+    learning_rate: float = 2e-4
+    epochs: int = 3
+    batch_size: int = 8
+    gradient_accumulation: int = 1
+    max_length: int = 1024
+    packing: bool = True
+    gradient_checkpointing: bool = True
+    quantize_4bit: bool = False
+    warmup_ratio: float = 0.05
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    checkpoint_every: int = 25
+    eval_batch_size: int = 8
+    seed: int = 0
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+# ----------------------------------------------------------------- tokenisation
+
+class TemplateError(UsageError):
+    """The chat template does not render a conversation as a prefix of its continuation."""
+
+
+def assistant_spans(tok, messages: list[dict]) -> tuple[str, list[tuple[int, int]]]:
+    """The rendered conversation and the character spans of its assistant turns."""
+    text = tok.apply_chat_template(messages, tokenize=False)
+    spans = []
+    for i, m in enumerate(messages):
+        if m["role"] != "assistant":
+            continue
+        before = tok.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True) if i else ""
+        upto = tok.apply_chat_template(messages[: i + 1], tokenize=False)
+        if not text.startswith(upto) or not upto.startswith(before):
+            raise TemplateError("the base model's chat template does not render a conversation as a prefix of "
+                                "its continuation; assistant turns cannot be located (use another base model)")
+        spans.append((len(before), len(upto)))
+    return text, spans
+
+
+def tokenize_sample(tok, messages: list[dict], max_length: int) -> Optional[dict]:
+    """``input_ids`` and ``labels`` (-100 outside assistant turns); None when no target token fits."""
+    text, spans = assistant_spans(tok, messages)
+    enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids = enc["input_ids"]
+    labels = []
+    si = 0
+    for tid, (start, end) in zip(ids, enc["offset_mapping"]):
+        while si < len(spans) and start >= spans[si][1]:
+            si += 1
+        inside = si < len(spans) and spans[si][0] <= start < spans[si][1] and end > start
+        labels.append(tid if inside else IGNORE)
+    ids, labels = ids[:max_length], labels[:max_length]
+    if not any(lab != IGNORE for lab in labels[1:]):
+        return None
+    labels[0] = IGNORE          # the first token has nothing before it to predict it from
+    return {"input_ids": ids, "labels": labels}
+
+
+# ----------------------------------------------------------------- batching
+
+def pack(lengths: Sequence[int], max_length: int) -> list[list[int]]:
+    """First-fit-decreasing bins of sample indices, each bin ≤ ``max_length`` tokens (deterministic)."""
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    bins: list[list[int]] = []
+    room: list[int] = []
+    for i in order:
+        for b, free in enumerate(room):
+            if lengths[i] <= free:
+                bins[b].append(i)
+                room[b] -= lengths[i]
+                break
+        else:
+            bins.append([i])
+            room.append(max_length - lengths[i])
+    return bins
+
+
+def padded_groups(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Batches of samples of similar length (sorted), so padding stays small."""
+    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def collate_packed(rows: list[list[dict]], pad_id: int) -> dict:
+    """Each row holds several samples: concatenated ids and position ids that restart at every sample.
+
+    With no attention mask, transformers reads the restarts as packed sequences and builds a
+    block-diagonal causal mask (``find_packed_sequence_indices``), so a sample never attends to
+    its neighbours; ``test_packing_does_not_change_the_loss`` holds this to the unpacked loss.
+    """
+    import torch
+    width = max(sum(len(s["input_ids"]) for s in row) for row in rows)
+    n = len(rows)
+    ids = torch.full((n, width), pad_id, dtype=torch.long)
+    labels = torch.full((n, width), IGNORE, dtype=torch.long)
+    pos = torch.zeros((n, width), dtype=torch.long)       # padding: position 0, a sequence of its own
+    for r, row in enumerate(rows):
+        at = 0
+        for s in row:
+            k = len(s["input_ids"])
+            ids[r, at:at + k] = torch.tensor(s["input_ids"])
+            labels[r, at:at + k] = torch.tensor(s["labels"])
+            pos[r, at:at + k] = torch.arange(k)
+            at += k
+    return {"input_ids": ids, "labels": labels, "position_ids": pos,
+            "tokens": sum(len(s["input_ids"]) for row in rows for s in row)}
+
+
+def collate_padded(samples: list[dict], pad_id: int) -> dict:
+    import torch
+    width = max(len(s["input_ids"]) for s in samples)
+    n = len(samples)
+    ids = torch.full((n, width), pad_id, dtype=torch.long)
+    labels = torch.full((n, width), IGNORE, dtype=torch.long)
+    att = torch.zeros((n, width), dtype=torch.long)
+    for r, s in enumerate(samples):
+        k = len(s["input_ids"])
+        ids[r, :k] = torch.tensor(s["input_ids"])
+        labels[r, :k] = torch.tensor(s["labels"])
+        att[r, :k] = 1
+    return {"input_ids": ids, "labels": labels, "attention_mask": att, "tokens": int(att.sum())}
+
+
+def make_batches(samples: list[dict], cfg: TrainConfig, epoch: int, pad_id: int) -> list[dict]:
+    """The batches of one epoch, in the epoch's seeded order."""
+    lengths = [len(s["input_ids"]) for s in samples]
+    rng = np.random.default_rng([cfg.seed, epoch])
+    if cfg.packing:
+        bins = pack(lengths, cfg.max_length)
+        order = rng.permutation(len(bins))
+        groups = [[bins[j] for j in order[i:i + cfg.batch_size]] for i in range(0, len(bins), cfg.batch_size)]
+        return [collate_packed([[samples[k] for k in b] for b in g], pad_id) for g in groups]
+    groups = padded_groups(lengths, cfg.batch_size)
+    order = rng.permutation(len(groups))
+    return [collate_padded([samples[k] for k in groups[j]], pad_id) for j in order]
+
+
+def token_loss(model, batch: dict):
+    """(sum of cross-entropy over target tokens, number of target tokens)."""
+    import torch.nn.functional as F
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    logits = model(**inputs, use_cache=False).logits[:, :-1].float()
+    target = batch["labels"][:, 1:]
+    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=IGNORE,
+                           reduction="sum")
+    return loss, int((target != IGNORE).sum())
+
+
+def eval_loss(model, samples: list[dict], pad_id: int, batch_size: int = 8) -> Optional[float]:
+    """Mean cross-entropy per assistant token over ``samples`` (padded batches, no dropout)."""
+    import torch
+    if not samples:
+        return None
+    was_training = model.training
+    model.eval()
+    dev = next(model.parameters()).device
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for group in padded_groups([len(s["input_ids"]) for s in samples], batch_size):
+            batch = {k: v.to(dev) for k, v in collate_padded([samples[i] for i in group], pad_id).items()
+                     if k != "tokens"}
+            loss, n = token_loss(model, batch)
+            total += float(loss)
+            count += n
+    if was_training:
+        model.train()
+    return total / max(count, 1)
+
+
+# ----------------------------------------------------------------- models
+
+def split_revision(ref: str) -> tuple[str, Optional[str]]:
+    """``org/name@rev`` → (``org/name``, ``rev``); local paths keep any ``@``."""
+    if "@" in ref and not os.path.exists(ref) and not ref.startswith(("/", ".")):
+        name, rev = ref.rsplit("@", 1)
+        return name, rev or None
+    return ref, None
+
+
+def materialize_base(location: str, cache_dir: Path) -> tuple[str, Optional[str]]:
+    """A folder or hub id transformers can load (a GGUF file is converted once to safetensors)."""
+    from .llm import gguf_to_safetensors
+    path = Path(location)
+    if path.suffix == ".gguf" and path.is_file():
+        return str(gguf_to_safetensors(path, cache_dir)), None
+    return split_revision(location)
+
+
+def load_base(source: str, revision: Optional[str], device: str, quantize_4bit: bool = False,
+              token: Optional[str] = None):
+    """The tokenizer and the frozen base model on ``device`` (bf16 on CUDA, float32 on CPU; 4-bit on request)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .models import dtype as pick_dtype
+    tok = AutoTokenizer.from_pretrained(source, revision=revision, token=token)
+    if getattr(tok, "chat_template", None) is None:
+        raise UsageError(f"base model {source!r} has no chat template; use an instruct/chat model")
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    dt = pick_dtype(device)
+    kwargs = {"revision": revision, "token": token, "torch_dtype": dt}
+    if quantize_4bit:
+        if not device.startswith("cuda"):
+            log.warning("quantize_4bit needs a CUDA GPU; training the full-precision model on %s", device)
+            quantize_4bit = False
+        else:
+            from transformers import BitsAndBytesConfig
+            kwargs["quantization_config"] = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                                               bnb_4bit_use_double_quant=True,
+                                                               bnb_4bit_compute_dtype=dt)
+            kwargs["device_map"] = {"": torch.cuda.current_device()}
+    model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+    if quantize_4bit:
+        from peft import prepare_model_for_kbit_training
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    else:
+        model.to(device)
+    model.config.use_cache = False
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return tok, model
+
+
+def lora_config(cfg: TrainConfig, base_id: str, revision: Optional[str]):
+    from peft import LoraConfig
+    targets = cfg.target_modules
+    return LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=targets,
+                      bias="none", task_type="CAUSAL_LM", base_model_name_or_path=base_id, revision=revision)
+
+
+def trainable_state(model) -> dict:
+    return {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def save_adapter(model, adapter: str, target: Path, base_id: str, revision: Optional[str]) -> Path:
+    """A standard PEFT folder (adapter_config.json + adapter_model.safetensors) for one adapter, atomically."""
+    tmp = target.with_name(f".tmp-{target.name}-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(str(tmp), selected_adapters=[adapter], safe_serialization=True,
+                          save_embedding_layers=False)   # embeddings are never trained; no hub lookup
+    src = tmp if adapter == "default" else tmp / adapter
+    cfg_path = src / "adapter_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["base_model_name_or_path"] = base_id
+    cfg["revision"] = revision
+    cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+    if target.exists():
+        shutil.rmtree(target)
+    os.replace(src, target)
+    shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+# ----------------------------------------------------------------- the loop
+
+@dataclass
+class StepResult:
+    adapter: str
+    history: list[dict] = field(default_factory=list)      # per epoch: train_loss, eval_loss, seconds, tokens
+    curve: list[dict] = field(default_factory=list)        # per optimizer step: step, loss, lr
+    base_eval_loss: Optional[float] = None
+    best_eval_loss: Optional[float] = None
+    best_epoch: Optional[int] = None
+    tokens: int = 0
+    seconds: float = 0.0
+    samples: int = 0
+    dropped: int = 0
+    steps: int = 0
+    resumed_from_step: int = 0
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d["tokens_per_second"] = round(self.tokens / self.seconds, 1) if self.seconds else None
+        return d
+
+
+def _lr(step: int, total: int, cfg: TrainConfig) -> float:
+    warm = max(1, int(round(cfg.warmup_ratio * total)))
+    if step < warm:
+        return cfg.learning_rate * (step + 1) / warm
+    frac = (step - warm) / max(1, total - warm)
+    return cfg.learning_rate * max(0.0, 0.5 * (1 + math.cos(math.pi * frac)))
+
+
+def _write_checkpoint(ckpt_dir: Path, model, optimizer, state: dict) -> None:
+    import torch
+    from safetensors.torch import save_file
+    tmp = ckpt_dir.with_name(ckpt_dir.name + f".tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
+    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    atomic_write_json(tmp / "state.json", state)
+    old = ckpt_dir.with_name(ckpt_dir.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if ckpt_dir.exists():
+        os.replace(ckpt_dir, old)
+    os.replace(tmp, ckpt_dir)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _read_checkpoint(ckpt_dir: Path, model, optimizer) -> Optional[dict]:
+    import torch
+    from safetensors.torch import load_file
+    if not (ckpt_dir / "state.json").is_file():
+        old = ckpt_dir.with_name(ckpt_dir.name + ".old")
+        if (old / "state.json").is_file():       # killed between the two renames
+            ckpt_dir = old
+        else:
+            return None
+    weights = load_file(str(ckpt_dir / "trainable.safetensors"))
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for n, t in weights.items():
+            params[n].copy_(t.to(params[n].device, params[n].dtype))
+    # our own checkpoint, written above; still loaded with weights_only (tensors and plain data)
+    optimizer.load_state_dict(torch.load(ckpt_dir / "optimizer.pt", weights_only=True, map_location="cpu"))
+    return read_json(ckpt_dir / "state.json")
+
+
+def train_adapter(model, adapter: str, train: list[dict], evals: list[dict], cfg: TrainConfig, *, pad_id: int,
+                  work: Path, best_dir: Path, save_best: Callable[[Path], None],
+                  progress: Optional[Callable[[str, int, int], None]] = None,
+                  stop_after_steps: Optional[int] = None) -> StepResult:
+    """Train the parameters of ``model`` that require grad on ``train``; keep the best epoch's adapter.
+
+    ``work`` holds the resumable checkpoint; ``save_best(path)`` writes the adapter folder at
+    ``path`` whenever the held-out loss improves, and the best one ends in ``best_dir``.
+    """
+    import torch
+    from accelerate import Accelerator
+
+    cuda = next(model.parameters()).device.type == "cuda"
+    acc = Accelerator(mixed_precision="bf16" if cuda and torch.cuda.is_bf16_supported() else "no",
+                      gradient_accumulation_steps=cfg.gradient_accumulation, cpu=not cuda)
+    work.mkdir(parents=True, exist_ok=True)
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise UsageError("nothing to train: no parameter requires grad")
+    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    model, optimizer = acc.prepare(model, optimizer)
+    n_batches = len(make_batches(train, cfg, 0, pad_id))
+    steps_per_epoch = math.ceil(n_batches / cfg.gradient_accumulation)
+    total = steps_per_epoch * cfg.epochs
+    res = StepResult(adapter=adapter, samples=len(train))
+    ckpt = work / "checkpoint"
+    state = _read_checkpoint(ckpt, acc.unwrap_model(model), optimizer)
+    if state:
+        res.history, res.curve = state["history"], state["curve"]
+        res.base_eval_loss, res.best_eval_loss, res.best_epoch = (state["base_eval_loss"], state["best_eval_loss"],
+                                                                  state["best_epoch"])
+        res.tokens, res.seconds = state["tokens"], state["seconds"]
+        res.resumed_from_step = state["step"]
+        log.info("%s: resuming from step %d of %d", adapter, state["step"], total)
+    else:
+        res.base_eval_loss = eval_loss(model, evals, pad_id, cfg.eval_batch_size)
+        state = {"step": 0, "epoch": 0, "batch": 0}
+    step = state["step"]
+    if progress:
+        progress(f"train {adapter}", step, total)
+
+    def snapshot(epoch: int, batch: int) -> None:
+        _write_checkpoint(ckpt, acc.unwrap_model(model), optimizer, {
+            "step": step, "epoch": epoch, "batch": batch, "history": res.history, "curve": res.curve,
+            "base_eval_loss": res.base_eval_loss, "best_eval_loss": res.best_eval_loss,
+            "best_epoch": res.best_epoch, "tokens": res.tokens, "seconds": res.seconds})
+
+    model.train()
+    for epoch in range(state["epoch"], cfg.epochs):
+        batches = make_batches(train, cfg, epoch, pad_id)
+        start_batch = state["batch"] if epoch == state["epoch"] else 0
+        ep_loss, ep_tokens, t_epoch = 0.0, 0, time.perf_counter()
+        acc_loss, acc_tokens = [], 0
+        for bi in range(start_batch, len(batches)):
+            t0 = time.perf_counter()
+            batch = {k: v.to(acc.device) for k, v in batches[bi].items() if k != "tokens"}
+            tokens = batches[bi]["tokens"]
+            torch.manual_seed(cfg.seed * 1_000_003 + step * 97 + bi)     # dropout: a function of the step
+            with acc.accumulate(model):
+                loss_sum, n = token_loss(model, batch)
+                acc.backward(loss_sum / max(n, 1))
+                acc_loss.append(float(loss_sum.detach()))
+                acc_tokens += n
+                if acc.sync_gradients:
+                    if cfg.max_grad_norm:
+                        acc.clip_grad_norm_(params, cfg.max_grad_norm)
+                    lr = _lr(step, total, cfg)
+                    for g in optimizer.param_groups:
+                        g["lr"] = lr
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            res.tokens += tokens
+            res.seconds += time.perf_counter() - t0
+            last_of_step = (bi + 1) % cfg.gradient_accumulation == 0 or bi == len(batches) - 1
+            if last_of_step:
+                step_loss = sum(acc_loss) / max(acc_tokens, 1)
+                ep_loss += sum(acc_loss)
+                ep_tokens += acc_tokens
+                res.curve.append({"step": step + 1, "epoch": epoch + (bi + 1) / len(batches),
+                                  "loss": round(step_loss, 5), "lr": _lr(step, total, cfg)})
+                acc_loss, acc_tokens = [], 0
+                step += 1
+                if progress:
+                    progress(f"train {adapter}", step, total)
+                if stop_after_steps is not None and step >= stop_after_steps:
+                    snapshot(epoch, bi + 1)
+                    raise KeyboardInterrupt(f"stopped after {step} steps (test hook)")
+                if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and bi + 1 < len(batches):
+                    snapshot(epoch, bi + 1)
+        ev = eval_loss(model, evals, pad_id, cfg.eval_batch_size)
+        res.history.append({"epoch": epoch + 1, "train_loss": round(ep_loss / max(ep_tokens, 1), 5)
+                            if ep_tokens else None, "eval_loss": ev,
+                            "seconds": round(time.perf_counter() - t_epoch, 2)})
+        log.info("%s: epoch %d/%d train loss %.4f, eval loss %s", adapter, epoch + 1, cfg.epochs,
+                 ep_loss / max(ep_tokens, 1), f"{ev:.4f}" if ev is not None else "n/a")
+        better = res.best_eval_loss is None or (ev is not None and ev < res.best_eval_loss)
+        if better:
+            res.best_eval_loss, res.best_epoch = ev, epoch + 1
+            save_best(best_dir)
+        state = {"step": step, "epoch": epoch + 1, "batch": 0}
+        snapshot(epoch + 1, 0)
+    res.steps = step
+    res.seconds = round(res.seconds, 2)
+    return res
+
+
+def load_best_weights(model, adapter_dir: Path, adapter: str) -> None:
+    """Put the saved best adapter's weights back into the in-memory model."""
+    from peft.utils import set_peft_model_state_dict
+    from safetensors.torch import load_file
+    weights = load_file(str(adapter_dir / "adapter_model.safetensors"))
+    set_peft_model_state_dict(model, weights, adapter_name=adapter)
+
+
+def plot_curves(results: Iterable[StepResult], path: Path) -> None:
+    """Training loss per step and held-out loss per epoch, one panel per adapter, as a PNG."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    results = list(results)
+    fig, axes = plt.subplots(1, len(results), figsize=(5.5 * len(results), 3.6), squeeze=False)
+    for ax, r in zip(axes[0], results):
+        if r.curve:
+            ax.plot([c["epoch"] for c in r.curve], [c["loss"] for c in r.curve], lw=1, label="train (per step)")
+        ev = [(h["epoch"], h["eval_loss"]) for h in r.history if h["eval_loss"] is not None]
+        if r.base_eval_loss is not None:
+            ev = [(0, r.base_eval_loss)] + ev
+        if ev:
+            ax.plot(*zip(*ev), "o-", label="held-out")
+        if r.best_epoch:
+            ax.axvline(r.best_epoch, color="grey", ls=":", label=f"best (epoch {r.best_epoch})")
+        ax.set_title(f"{r.adapter} adapter")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("loss per assistant token")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    tmp = path.with_name(".tmp-" + path.name)
+    fig.savefig(tmp, dpi=110, metadata={"Software": None})
+    plt.close(fig)
+    os.replace(tmp, path)
