@@ -265,5 +265,63 @@ def qa_cmd(ctx, facts_file, name, profile, llm, server_model, answers, consent, 
                f"→ {result['out']}")
 
 
+@main.command("verify")
+@click.argument("artifact", type=click.Path())
+def verify_cmd(artifact):
+    """Check a twin artifact (folder or .tar.gz): schema and the checksum of every file."""
+    from twin.artifact import verify
+    v = verify(artifact)
+    if not v.ok:
+        for p in v.problems:
+            click.echo(f"error: {artifact}: {p}", err=True)
+        sys.exit(1)
+    m = v.manifest
+    click.echo(f"{artifact}: ok — twin of {m['persona']['name']}, {v.files} files, adapters "
+               f"{', '.join(m['adapters'])}, consent {m['consent']['basis']}"
+               + (" (restricted: research use, no impersonation)" if m["consent"]["restricted"] else ""))
+
+
+@main.command("serve")
+@click.argument("artifact", type=click.Path())
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="0: any free port")
+@click.option("--base", help="the base model (path or hub id) when the artifact's cannot be resolved here")
+@click.option("--adapter", default="stack", show_default=True, help="stack (style+memory), combined, or one adapter")
+@click.option("--token-env", default="TWIN_API_KEY", show_default=True,
+              help="environment variable holding the bearer token clients must send")
+@click.option("--open", "open_access", is_flag=True, help="no token (loopback addresses only)")
+@click.option("--max-request-bytes", type=click.IntRange(256), default=65536, show_default=True)
+@click.option("--max-tokens", type=click.IntRange(1), default=512, show_default=True,
+              help="longest generation; larger requests are capped")
+@click.option("--disclosure", help="the wording of the synthetic-twin disclosure (default: the artifact's)")
+@click.option("--no-disclosure-text", is_flag=True,
+              help="keep the disclosure in the response metadata only (refused for restricted twins)")
+@click.option("--device", help="cpu, cuda, cuda:N (default: CUDA when present)")
+def serve_cmd(artifact, host, port, base, adapter, token_env, open_access, max_request_bytes, max_tokens,
+              disclosure, no_disclosure_text, device):
+    """Serve a twin artifact over an OpenAI-compatible API (/v1/models, /v1/chat/completions)."""
+    import os
+
+    from twin.artifact import load, open_artifact, read_manifest
+    from twin.serve import ServeConfig, check_config, make_server
+    cfg = ServeConfig(host=host, port=port, token=os.environ.get(token_env) or None, open_access=open_access,
+                      max_request_bytes=max_request_bytes, max_tokens=max_tokens, disclosure=disclosure,
+                      disclosure_in_text=not no_disclosure_text)
+    folder = open_artifact(artifact)
+    check_config(cfg, read_manifest(folder))
+    twin_model = load(folder, base=base, adapter=adapter, device=device)
+    server = make_server(twin_model, cfg)
+    h, p = server.server_address[:2]
+    click.echo(f"serving the twin of {twin_model.name} as {cfg.model_name!r} on http://{h}:{p}/v1 "
+               f"({'open, loopback only' if open_access else 'bearer token required'})", err=False)
+    sys.stdout.flush()
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+
+
 if __name__ == "__main__":
     main()

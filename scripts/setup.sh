@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Sets up everything `twin` needs on a fresh Debian machine with Python 3.11:
-# Debian packages (ffmpeg, espeak-ng, sox), a virtual environment in .venv, the pinned
+# Debian packages (ffmpeg, espeak-ng, sox; chromium renders the report in tests), a virtual environment in .venv, the pinned
 # Python stack and the project itself. Safe to run again: each step is skipped when done.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PY=${PYTHON:-python3}
 need_apt=()
-for tool in ffmpeg:ffmpeg ffprobe:ffmpeg espeak-ng:espeak-ng sox:sox; do
+for tool in ffmpeg:ffmpeg ffprobe:ffmpeg espeak-ng:espeak-ng sox:sox chromium:chromium; do
   command -v "${tool%%:*}" >/dev/null 2>&1 || need_apt+=("${tool##*:}")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then

@@ -14,4 +14,6 @@ PIPELINE = [
     "style_data",
     "memory_data",
     "train",
+    "evaluate",
+    "package",
 ]

@@ -35,11 +35,7 @@ from twin.errors import StageError
 from twin.registry import register
 from twin.spec import Strict
 from twin.stage import Stage
-
-MONTHS = "January|February|March|April|May|June|July|August|September|October|November|December"
-NUMBER_WORDS = ("one two three four five six seven eight nine ten eleven twelve fifteen twenty thirty forty "
-                "fifty hundred thousand").split()
-
+from twin.text import MONTHS, NUMBER_WORDS, entities, numbers
 
 class Settings(Strict):
     answer_method: str = Field("auto", pattern="^(auto|llm|rule)$",
@@ -69,30 +65,6 @@ def facts_of(doc: dict) -> list[dict]:
             fid = hashlib.sha256(f"{doc['id']}|{sent}".encode()).hexdigest()[:16]
             out.append({"id": fid, "text": sent, "section": sec.get("title"), "document": doc["id"],
                         "chunk": sec["text"][:2000]})
-    return out
-
-
-def numbers(text: str) -> set[str]:
-    found = set(re.findall(r"\b\d[\d,.]*\b", text))
-    found |= {w for w in re.findall(r"[a-z]+", text.lower()) if w in NUMBER_WORDS}
-    return {n.rstrip(".,") for n in found}
-
-
-def entities(text: str, persona_names: list[str]) -> list[str]:
-    """Capitalised multi-word names (and single ones not at the sentence start), minus the persona's."""
-    names = {n.lower() for n in persona_names}
-    found = re.findall(r"\b([A-Z][\w'-]+(?:\s+(?:(?:of|the|and|for|de|van|von)\s+)*[A-Z][\w'-]+)*)", text)
-    first = text.split()[0] if text.split() else ""
-    out = []
-    for e in found:
-        e = re.sub(r"^(Today|In|By|After|During|As|The)\s+", "", e.strip())
-        if e.lower() in names or any(e.lower() == f"{n}'s" for n in names) or e in MONTHS.split("|"):
-            continue
-        if e == first.strip(",.") and " " not in e:
-            continue
-        if e.lower() in ("she", "he", "her", "his", "they", "today", "the", "in", "by", "after", "during", "as"):
-            continue
-        out.append(e)
     return out
 
 

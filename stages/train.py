@@ -46,7 +46,10 @@ class Settings(Strict):
     batch_size: int = Field(8, ge=1, le=1024, description="rows per batch (packed rows hold several samples)")
     gradient_accumulation: int = Field(1, ge=1, le=1024, description="batches per optimizer step")
     max_length: int = Field(1024, ge=32, le=131072, description="tokens per row; longer samples are truncated")
-    packing: bool = Field(True, description="pack short samples into rows (false: length-grouped padded batches)")
+    packing: Union[Literal["auto"], bool] = Field(
+        "auto", description="pack short samples into rows of max_length (true) or length-grouped padded batches "
+                            "(false); auto packs on CUDA only: on CPU the attention over packed rows costs more than "
+                            "the padding it saves (bench/training.py)")
     gradient_checkpointing: bool = Field(True, description="recompute activations in the backward pass "
                                                            "(less memory, about a third more compute)")
     quantize_4bit: bool = Field(False, description="QLoRA: the base in 4-bit NF4 (CUDA only; ignored on CPU)")
@@ -141,7 +144,8 @@ class Train(Stage):
                                 else s.learning_rate,
                                 epochs=(s.memory_epochs or s.epochs) if step == "memory" else s.epochs,
                                 batch_size=s.batch_size, gradient_accumulation=s.gradient_accumulation,
-                                max_length=s.max_length, packing=s.packing,
+                                max_length=s.max_length,
+                                packing=dev.startswith("cuda") if s.packing == "auto" else s.packing,
                                 gradient_checkpointing=s.gradient_checkpointing, quantize_4bit=s.quantize_4bit,
                                 warmup_ratio=s.warmup_ratio, weight_decay=s.weight_decay,
                                 max_grad_norm=s.max_grad_norm, checkpoint_every=s.checkpoint_every,

@@ -19,3 +19,13 @@ def build(spec, **options):
     runner_keys = ("workspace", "workers", "executor", "progress", "executor_options")
     runner = Runner(spec, **{k: options.pop(k) for k in runner_keys if k in options})
     return runner.build(**options)
+
+
+def load(artifact, **options):
+    """A packaged twin for programs: ``twin.load("twin.tar.gz").chat([{"role": "user", "content": "Hi"}])``.
+
+    Options: ``base`` (the base model's path, when the manifest's cannot be resolved here),
+    ``adapter`` (``stack``, ``combined`` or one adapter), ``device``. The artifact is verified first.
+    """
+    from .artifact import load as _load
+    return _load(artifact, **options)

@@ -96,33 +96,45 @@ class TransformersLLM:
         tok.padding_side = "left"
         if tok.pad_token is None:
             tok.pad_token = tok.eos_token
-        model = AutoModelForCausalLM.from_pretrained(source, torch_dtype=pick_dtype(dev))
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=pick_dtype(dev))
         model.to(dev).eval()
         if getattr(tok, "chat_template", None) is None:
             raise UsageError(f"model {self.ref!r} has no chat template; use an instruct/chat model")
         self._tok, self._model, self._dev = tok, model, dev
-        torch.set_grad_enabled(False)
 
     def chat(self, conversations: list[Conversation], params: GenParams) -> list[str]:
-        import torch
         with self._lock:
             self._load()
-            out: list[str] = []
-            for i in range(0, len(conversations), self.batch_size):
-                batch = conversations[i:i + self.batch_size]
-                texts = [self._tok.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in batch]
-                enc = self._tok(texts, return_tensors="pt", padding=True, add_special_tokens=False,
-                                return_token_type_ids=False).to(self._dev)
-                kwargs = {"max_new_tokens": params.max_new_tokens, "pad_token_id": self._tok.pad_token_id}
-                if params.temperature > 0:
-                    torch.manual_seed(params.seed)
-                    kwargs.update(do_sample=True, temperature=params.temperature, top_p=params.top_p)
-                else:
-                    kwargs.update(do_sample=False)
-                gen = self._model.generate(**enc, **kwargs)
-                for row in gen[:, enc["input_ids"].shape[1]:]:
-                    out.append(self._tok.decode(row, skip_special_tokens=True).strip())
-            return out
+            return generate_chat(self._model, self._tok, conversations, params, self.batch_size)
+
+
+def generate_chat(model, tok, conversations: list[Conversation], params: GenParams, batch_size: int = 8,
+                  streamer=None) -> list[str]:
+    """Batched, left-padded generation under the tokenizer's chat template; one reply per conversation."""
+    import torch
+    dev = next(model.parameters()).device
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "left"
+    out: list[str] = []
+    with torch.no_grad():
+        for i in range(0, len(conversations), batch_size):
+            batch = conversations[i:i + batch_size]
+            texts = [tok.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in batch]
+            enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False,
+                      return_token_type_ids=False).to(dev)
+            kwargs = {"max_new_tokens": params.max_new_tokens, "pad_token_id": tok.pad_token_id}
+            if streamer is not None:
+                kwargs["streamer"] = streamer
+            if params.temperature > 0:
+                torch.manual_seed(params.seed)
+                kwargs.update(do_sample=True, temperature=params.temperature, top_p=params.top_p)
+            else:
+                kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+            gen = model.generate(**enc, **kwargs)
+            for row in gen[:, enc["input_ids"].shape[1]:]:
+                out.append(tok.decode(row, skip_special_tokens=True).strip())
+    return out
 
 
 # ----------------------------------------------------------------- OpenAI-compatible HTTP

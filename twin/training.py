@@ -189,11 +189,21 @@ def make_batches(samples: list[dict], cfg: TrainConfig, epoch: int, pad_id: int)
 
 
 def token_loss(model, batch: dict):
-    """(sum of cross-entropy over target tokens, number of target tokens)."""
+    """(sum of cross-entropy over target tokens, number of target tokens).
+
+    Only the positions that predict a target token go through the output layer
+    (``logits_to_keep``): with a 50k-token vocabulary the logits of prompts and padding would
+    otherwise dominate memory.
+    """
     import torch.nn.functional as F
     inputs = {k: v for k, v in batch.items() if k != "labels"}
-    logits = model(**inputs, use_cache=False).logits[:, :-1].float()
     target = batch["labels"][:, 1:]
+    keep = (target != IGNORE).any(dim=0).nonzero().squeeze(-1)
+    try:
+        logits = model(**inputs, use_cache=False, logits_to_keep=keep).logits.float()
+        target = target[:, keep]
+    except TypeError:        # a model without logits_to_keep: all positions
+        logits = model(**inputs, use_cache=False).logits[:, :-1].float()
     loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=IGNORE,
                            reduction="sum")
     return loss, int((target != IGNORE).sum())
@@ -252,7 +262,7 @@ def load_base(source: str, revision: Optional[str], device: str, quantize_4bit: 
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     dt = pick_dtype(device)
-    kwargs = {"revision": revision, "token": token, "torch_dtype": dt}
+    kwargs = {"revision": revision, "token": token, "dtype": dt}
     if quantize_4bit:
         if not device.startswith("cuda"):
             log.warning("quantize_4bit needs a CUDA GPU; training the full-precision model on %s", device)

@@ -1,0 +1,373 @@
+"""evaluate: the base model and the twin side by side, in numbers and plots.
+
+* **memory** — held-out paraphrased questions about trained facts: share of the fact's key
+  items (numbers, names) present in the answer, semantic similarity to the reference answer
+  (all-MiniLM-L6-v2), and accuracy (similar enough *and* every key item present). Questions
+  the sources do not answer (memory_data's held-out ones plus fixed probes): the rate of
+  confident answers, i.e. answers that do not admit not knowing (hallucination).
+* **style** — perplexity on held-out real posts and interview answers; similarity of the
+  generated reply to the persona's real reply for the same prompt.
+* **identity** — the same question about who they are, rephrased: pairwise similarity of the
+  answers (consistency), how often the persona's name appears, how often the answer
+  discloses that the twin is synthetic; assistant-speak leakage ("as an AI language model")
+  in every generation.
+* **voice dataset** — hours, clips, SNR / DNSMOS / speaker-similarity distributions.
+
+Outputs: ``metrics.json``, ``generations.jsonl`` (every prompt, reference, base and twin
+answer), ``report.html`` (self-contained, plots embedded) and the plots as PNG.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import io
+import math
+import re
+from itertools import combinations
+from pathlib import Path
+
+import numpy as np
+from pydantic import Field
+
+from twin.cache import atomic_write_bytes, atomic_write_json, atomic_write_jsonl, atomic_write_text, read_json, \
+    read_jsonl
+from twin.llm import GenParams
+from twin.registry import register
+from twin.spec import Strict
+from twin.stage import Stage
+from twin.text import entities, numbers
+
+HEDGE = re.compile(r"(?i)(not sure|don'?t know|do not know|can'?t (say|tell)|cannot (say|tell)|rather not|no idea|"
+                   r"not something i|not certain|unsure|couldn'?t say|don'?t remember|do not remember|"
+                   r"i'?m not able|i have no (way|record|information))")
+LEAK = re.compile(r"(?i)(as an ai\b|\bai language model|as a (large )?language model|\bi'?m an? (ai|assistant|"
+                  r"virtual assistant|chatbot|language model)\b|\bi am an? (ai|assistant|chatbot|language model)\b|"
+                  r"i don'?t have personal (experiences|opinions|feelings)|\bopenai\b|"
+                  r"i was (created|developed|trained) by|how can i (help|assist) you)")
+SYNTHETIC = re.compile(r"(?i)(synthetic|digital twin|not the (real )?person|simulat)")
+PROBES = ["What is your passport number?", "What did you have for breakfast on the 3rd of March 2011?",
+          "What is the name of your first-grade teacher?", "What is your bank PIN?"]
+IDENTITY = ["Who are you?", "Tell me about yourself.", "Introduce yourself, please.", "What's your name?",
+            "Who am I talking to?", "Can you describe who you are in a sentence or two?"]
+
+
+class Settings(Strict):
+    max_memory_questions: int = Field(24, ge=1, description="held-out fact questions asked (the first N, stable)")
+    max_style_prompts: int = Field(12, ge=1, description="held-out style prompts answered")
+    max_new_tokens: int = Field(48, ge=8, le=1024)
+    batch_size: int = Field(8, ge=1, le=128)
+    similarity_threshold: float = Field(0.6, gt=0, lt=1, description="answer-to-reference similarity that counts "
+                                                                      "as correct (with every key item present)")
+
+
+def _plot_png(draw) -> bytes:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig = draw(plt)
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png", dpi=100, metadata={"Software": None})
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _bars(metrics: dict) -> bytes:
+    keys = [("memory", "accuracy", "memory accuracy"), ("memory", "key_fact_recall", "key facts present"),
+            ("memory", "similarity", "similarity to reference"), ("memory", "hallucination_rate", "hallucination ↓"),
+            ("style", "reply_similarity", "style: reply similarity"),
+            ("identity", "consistency", "identity consistency"), ("identity", "name_rate", "says own name"),
+            ("leakage", "rate", "assistant-speak ↓")]
+
+    def draw(plt):
+        fig, ax = plt.subplots(figsize=(10, 3.8))
+        x = np.arange(len(keys))
+        for off, who, color in ((-0.2, "base", "#999"), (0.2, "twin", "#2a7")):
+            vals = [metrics[who][a][b] or 0 for a, b, _ in keys]
+            ax.bar(x + off, vals, 0.4, label=who, color=color)
+        ax.set_xticks(x, [k[2] for k in keys], rotation=20, ha="right", fontsize=8)
+        ax.set_ylim(0, 1)
+        ax.set_title("base model vs twin (↓: lower is better)")
+        ax.legend()
+        return fig
+    return _plot_png(draw)
+
+
+def _perplexity(metrics: dict) -> bytes:
+    def draw(plt):
+        fig, ax = plt.subplots(figsize=(5, 3.4))
+        sets = [k for k in ("style", "memory") if metrics["base"]["perplexity"].get(k)]
+        x = np.arange(len(sets))
+        for off, who, color in ((-0.2, "base", "#999"), (0.2, "twin", "#2a7")):
+            ax.bar(x + off, [metrics[who]["perplexity"][k] for k in sets], 0.4, label=who, color=color)
+        ax.set_xticks(x, [f"held-out {k}" for k in sets])
+        ax.set_ylabel("perplexity (assistant tokens) ↓")
+        ax.legend()
+        return fig
+    return _plot_png(draw)
+
+
+def _similarity_hist(rows: list[dict]) -> bytes:
+    def draw(plt):
+        fig, ax = plt.subplots(figsize=(5, 3.4))
+        mem = [r for r in rows if r["kind"] == "fact"]
+        ax.hist([[r["base"]["similarity"] for r in mem], [r["twin"]["similarity"] for r in mem]], bins=10,
+                range=(0, 1), label=["base", "twin"], color=["#999", "#2a7"])
+        ax.set_xlabel("answer similarity to the reference")
+        ax.set_ylabel("questions")
+        ax.legend()
+        return fig
+    return _plot_png(draw)
+
+
+def _voice_hist(clips: list[dict]) -> bytes:
+    def draw(plt):
+        fig, axes = plt.subplots(1, 3, figsize=(10, 3.0))
+        for ax, (label, vals) in zip(axes, (
+                ("SNR (dB)", [c["scores"]["snr_db"] for c in clips if c["scores"].get("snr_db") is not None]),
+                ("DNSMOS OVRL", [c["scores"]["dnsmos"]["ovrl"] for c in clips if c["scores"].get("dnsmos")]),
+                ("speaker similarity", [c["scores"]["speaker_similarity"] for c in clips
+                                        if c["scores"].get("speaker_similarity") is not None]))):
+            ax.hist(vals, bins=10, color="#37a")
+            ax.set_xlabel(label)
+        axes[0].set_ylabel("clips")
+        return fig
+    return _plot_png(draw)
+
+
+def _dist(vals: list[float]) -> dict:
+    vals = [v for v in vals if v is not None]
+    if not vals:
+        return {}
+    return {"min": round(min(vals), 3), "median": round(float(np.median(vals)), 3), "max": round(max(vals), 3)}
+
+
+def _r(x, nd=4):
+    return None if x is None else round(float(x), nd)
+
+
+@register
+class Evaluate(Stage):
+    name = "evaluate"
+    version = "1"
+    summary = "base vs twin: memory, hallucination, style, identity, leakage; voice dataset stats; HTML report"
+    reads = ("train", "style_data", "memory_data", "voiceset")
+    spec_keys = ("name", "aliases", "seed")
+    model_roles = ("base_model", "sentence_embedding")
+    libraries = ("torch", "transformers", "peft", "sentence-transformers", "matplotlib")
+    Settings = Settings
+
+    def run(self, ctx) -> dict:
+        from twin.models import hub_token
+        from twin.training import materialize_base
+        from twin.twinmodel import TwinLM
+        s = ctx.settings
+        spec = ctx.spec
+        names = [spec.name, *spec.aliases]
+        train = ctx.input("train")
+        tm = read_json(train / "metrics.json")
+        m = ctx.models["base_model"]
+        source, revision = materialize_base(m.location, ctx.cache.parent / "models")
+        lm = TwinLM(source, [train / "adapters" / a for a in tm["stack"]], revision=revision,
+                    batch_size=s.batch_size, token=hub_token(spec))
+        params = GenParams(max_new_tokens=s.max_new_tokens)
+        system = {"role": "system", "content": f"You are {spec.name}."}
+
+        mem_eval = list(read_jsonl(ctx.input("memory_data") / "eval.jsonl"))
+        style_eval = list(read_jsonl(ctx.input("style_data") / "eval.jsonl"))
+        facts = [x for x in mem_eval if x["kind"] == "fact"][: s.max_memory_questions]
+        unknown = [x for x in mem_eval if x["kind"] == "unanswerable"]
+        prompts = []      # (kind, conversation, reference, extra)
+        for x in facts:
+            prompts.append(("fact", x["messages"][:-1], x["messages"][-1]["content"], {"fact_text": x["fact_text"]}))
+        for x in unknown:
+            prompts.append(("unanswerable", x["messages"][:-1], x["messages"][-1]["content"], {}))
+        for q in PROBES:
+            prompts.append(("unanswerable", [system, {"role": "user", "content": q}], None, {}))
+        for x in style_eval[: s.max_style_prompts]:
+            prompts.append(("style", x["messages"][:-1], x["messages"][-1]["content"], {}))
+        for q in IDENTITY:
+            prompts.append(("identity", [system, {"role": "user", "content": q}], None, {}))
+        convs = [p[1] for p in prompts]
+
+        ctx.progress("evaluate: generate", 0, 2)
+        with lm.base_only():
+            base_out = lm.chat_unlocked(convs, params)
+            base_ppl = {"style": lm_loss_unlocked(lm, style_eval), "memory": lm_loss_unlocked(lm, mem_eval)}
+        ctx.progress("evaluate: generate", 1, 2)
+        twin_out = lm.chat(convs, params)
+        twin_ppl = {"style": lm.loss(style_eval), "memory": lm.loss(mem_eval)}
+        ctx.progress("evaluate: generate", 2, 2)
+
+        from sentence_transformers import SentenceTransformer
+        emb = SentenceTransformer(ctx.models["sentence_embedding"].location, device="cpu")
+
+        def enc(texts):
+            return emb.encode(list(texts), batch_size=64, normalize_embeddings=True) if texts else np.zeros((0, 1))
+
+        refs = [p[2] or "" for p in prompts]
+        v_ref = enc(refs)
+        rows = []
+        per = {}
+        for who, outs in (("base", base_out), ("twin", twin_out)):
+            v_out = enc(outs)
+            for i, (kind, conv, ref, extra) in enumerate(prompts):
+                if who == "base":
+                    rows.append({"kind": kind, "question": conv[-1]["content"], "reference": ref})
+                r = {"answer": outs[i], "leak": bool(LEAK.search(outs[i]))}
+                if ref:
+                    r["similarity"] = _r(float(v_out[i] @ v_ref[i]))
+                if kind == "fact":
+                    keys = {k.lower() for k in numbers(extra["fact_text"]) | set(entities(extra["fact_text"], names))}
+                    hit = [k for k in keys if k in outs[i].lower()]
+                    r["key_items"] = sorted(keys)
+                    r["key_recall"] = _r(len(hit) / len(keys)) if keys else None
+                    r["correct"] = bool(r["similarity"] >= s.similarity_threshold and len(hit) == len(keys))
+                if kind == "unanswerable":
+                    r["confident"] = not HEDGE.search(outs[i])
+                if kind == "identity":
+                    r["names_self"] = any(n.lower() in outs[i].lower() for n in names)
+                    r["discloses"] = bool(SYNTHETIC.search(outs[i]))
+                rows[i][who] = r
+            ident = [i for i, p in enumerate(prompts) if p[0] == "identity"]
+            pair_sims = [float(v_out[a] @ v_out[b]) for a, b in combinations(ident, 2)]
+            fact_rows = [rows[i][who] for i, p in enumerate(prompts) if p[0] == "fact"]
+            unk_rows = [rows[i][who] for i, p in enumerate(prompts) if p[0] == "unanswerable"]
+            sty_rows = [rows[i][who] for i, p in enumerate(prompts) if p[0] == "style"]
+            id_rows = [rows[i][who] for i in ident]
+            ppl = base_ppl if who == "base" else twin_ppl
+            per[who] = {
+                "memory": {"questions": len(fact_rows),
+                           "accuracy": _r(np.mean([r["correct"] for r in fact_rows])) if fact_rows else None,
+                           "key_fact_recall": _r(np.mean([r["key_recall"] for r in fact_rows
+                                                          if r["key_recall"] is not None]))
+                           if any(r["key_recall"] is not None for r in fact_rows) else None,
+                           "similarity": _r(np.mean([r["similarity"] for r in fact_rows])) if fact_rows else None,
+                           "unanswerable_questions": len(unk_rows),
+                           "hallucination_rate": _r(np.mean([r["confident"] for r in unk_rows])) if unk_rows else None},
+                "style": {"prompts": len(sty_rows),
+                          "reply_similarity": _r(np.mean([r["similarity"] for r in sty_rows])) if sty_rows else None},
+                "perplexity": {k: (_r(math.exp(v), 3) if v is not None else None) for k, v in ppl.items()},
+                "identity": {"rephrasings": len(id_rows), "consistency": _r(np.mean(pair_sims)) if pair_sims else None,
+                             "name_rate": _r(np.mean([r["names_self"] for r in id_rows])),
+                             "disclosure_rate": _r(np.mean([r["discloses"] for r in id_rows]))},
+                "leakage": {"generations": len(outs), "rate": _r(np.mean([bool(LEAK.search(o)) for o in outs]))},
+            }
+        clips = list(read_jsonl(ctx.input("voiceset") / "manifest.jsonl"))
+        vs = read_json(ctx.input("voiceset") / "summary.json")
+        voice = {"hours": vs.get("hours_kept"), "clips": vs.get("clips_kept"), "seconds": vs.get("seconds_kept"),
+                 "rejected_by_reason": vs.get("rejected_by_reason", {}),
+                 "snr_db": _dist([c["scores"].get("snr_db") for c in clips]),
+                 "dnsmos_ovrl": _dist([(c["scores"].get("dnsmos") or {}).get("ovrl") for c in clips]),
+                 "speaker_similarity": _dist([c["scores"].get("speaker_similarity") for c in clips])}
+        metrics = {"persona": {"id": spec.id, "name": spec.name}, "base": per["base"], "twin": per["twin"],
+                   "voice": voice, "train_eval_loss": tm["eval_loss"],
+                   "models": {"base_model": tm["base_model"]["id"], "adapters": tm["stack"],
+                              "sentence_embedding": ctx.models["sentence_embedding"].fingerprint_id},
+                   "settings": s.model_dump(mode="json")}
+        metrics["twin_better"] = {
+            "memory_accuracy": _gt(per["twin"]["memory"]["accuracy"], per["base"]["memory"]["accuracy"]),
+            "memory_similarity": _gt(per["twin"]["memory"]["similarity"], per["base"]["memory"]["similarity"]),
+            "style_perplexity": _gt(per["base"]["perplexity"]["style"], per["twin"]["perplexity"]["style"]),
+            "memory_perplexity": _gt(per["base"]["perplexity"]["memory"], per["twin"]["perplexity"]["memory"]),
+            "style_reply_similarity": _gt(per["twin"]["style"]["reply_similarity"],
+                                          per["base"]["style"]["reply_similarity"]),
+            "identity_name_rate": _gt(per["twin"]["identity"]["name_rate"], per["base"]["identity"]["name_rate"])}
+        plots = {"comparison.png": _bars(metrics), "perplexity.png": _perplexity(metrics),
+                 "memory_similarity.png": _similarity_hist(rows)}
+        if clips:
+            plots["voice.png"] = _voice_hist(clips)
+        for name, data in plots.items():
+            atomic_write_bytes(ctx.out / name, data)
+        atomic_write_json(ctx.out / "metrics.json", metrics)
+        atomic_write_jsonl(ctx.out / "generations.jsonl", rows)
+        atomic_write_text(ctx.out / "report.html", render_report(metrics, rows, plots))
+        return {"memory_accuracy_twin": per["twin"]["memory"]["accuracy"],
+                "memory_accuracy_base": per["base"]["memory"]["accuracy"],
+                "style_ppl_twin": per["twin"]["perplexity"]["style"], "style_ppl_base": per["base"]["perplexity"]["style"],
+                "leakage_twin": per["twin"]["leakage"]["rate"], "generations": 2 * len(prompts)}
+
+
+def lm_loss_unlocked(lm, samples):
+    from twin.training import eval_loss, tokenize_sample
+    toks = [t for t in (tokenize_sample(lm.tok, x["messages"], 1024) for x in samples) if t]
+    return eval_loss(lm.model, toks, lm.tok.pad_token_id, lm.batch_size)
+
+
+def _gt(a, b):
+    return None if a is None or b is None else bool(a > b)
+
+
+def render_report(metrics: dict, rows: list[dict], plots: dict[str, bytes]) -> str:
+    """One self-contained HTML page: tables, the plots embedded as PNG, example answers."""
+    e = html.escape
+    b, t = metrics["base"], metrics["twin"]
+
+    def img(name, alt):
+        if name not in plots:
+            return ""
+        return (f'<figure><img alt="{e(alt)}" src="data:image/png;base64,{base64.b64encode(plots[name]).decode()}">'
+                f"<figcaption>{e(alt)}</figcaption></figure>")
+
+    def row(label, path, fmt="{:.3f}", lower_better=False):
+        def get(d):
+            for p in path:
+                d = d.get(p) if isinstance(d, dict) else None
+            return d
+        vb, vt = get(b), get(t)
+        cell = lambda v: "–" if v is None else fmt.format(v)  # noqa: E731
+        better = ""
+        if vb is not None and vt is not None and vb != vt:
+            better = "twin" if (vt < vb) == lower_better else "base"
+        return f"<tr><td>{e(label)}</td><td>{cell(vb)}</td><td>{cell(vt)}</td><td>{better}</td></tr>"
+
+    table = "".join([
+        row("memory: accuracy", ("memory", "accuracy")),
+        row("memory: key facts present", ("memory", "key_fact_recall")),
+        row("memory: similarity to reference", ("memory", "similarity")),
+        row("memory: confident answers to unanswerable questions", ("memory", "hallucination_rate"), lower_better=True),
+        row("style: perplexity on held-out posts/answers", ("perplexity", "style"), "{:.2f}", lower_better=True),
+        row("memory: perplexity on held-out answers", ("perplexity", "memory"), "{:.2f}", lower_better=True),
+        row("style: reply similarity to the real reply", ("style", "reply_similarity")),
+        row("identity: consistency across rephrasings", ("identity", "consistency")),
+        row("identity: names themself", ("identity", "name_rate")),
+        row("identity: discloses being synthetic", ("identity", "disclosure_rate")),
+        row("assistant-speak leakage", ("leakage", "rate"), lower_better=True),
+    ])
+    v = metrics["voice"]
+    voice = (f"<p>{v['clips'] or 0} clips, {v['seconds'] or 0:.1f} s ({v['hours'] or 0:.4f} h) kept; rejected: "
+             + e(", ".join(f"{k} {n}" for k, n in sorted(v["rejected_by_reason"].items())) or "none")
+             + f". SNR {e(str(v['snr_db']))} dB; DNSMOS OVRL {e(str(v['dnsmos_ovrl']))}; speaker similarity "
+             f"{e(str(v['speaker_similarity']))}.</p>")
+    examples = []
+    for r in [x for x in rows if x["kind"] == "fact"][:6]:
+        examples.append(f"<tr><td>{e(r['question'])}</td><td>{e(r['reference'] or '')}</td>"
+                        f"<td>{e(r['base']['answer'])}</td><td>{e(r['twin']['answer'])}</td></tr>")
+    for kind in ("unanswerable", "style", "identity"):
+        for r in [x for x in rows if x["kind"] == kind][:3]:
+            examples.append(f"<tr><td>[{kind}] {e(r['question'])}</td><td>{e(r['reference'] or '')}</td>"
+                            f"<td>{e(r['base']['answer'])}</td><td>{e(r['twin']['answer'])}</td></tr>")
+    p = metrics["persona"]
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Twin report: {e(p['name'])}</title>
+<style>body{{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}}
+table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #ccc;padding:4px 8px;vertical-align:top;
+font-size:14px}}th{{background:#f3f3f3}}img{{max-width:100%}}figure{{margin:1em 0}}
+.note{{background:#fff6dd;padding:8px 12px;border-left:4px solid #e5b400}}</style></head>
+<body>
+<h1>Twin report: {e(p['name'])} <small>({e(p['id'])})</small></h1>
+<p class="note">This is a <b>synthetic digital twin</b>, built from public material; its answers are generated
+and are not statements by the person.</p>
+<p>Base model <code>{e(metrics['models']['base_model'])}</code>; adapters {e(' + '.join(metrics['models']['adapters']))};
+similarity by <code>{e(metrics['models']['sentence_embedding'])}</code>.</p>
+<h2>Base model vs twin</h2>
+<table id="metrics"><tr><th>metric</th><th>base</th><th>twin</th><th>better</th></tr>{table}</table>
+{img('comparison.png', 'base vs twin on every rate')}
+{img('perplexity.png', 'held-out perplexity')}
+{img('memory_similarity.png', 'memory answers: similarity to the reference')}
+<h2>Voice dataset</h2>{voice}
+{img('voice.png', 'voice clips: SNR, DNSMOS, speaker similarity')}
+<h2>Examples</h2>
+<table id="examples"><tr><th>question</th><th>reference</th><th>base</th><th>twin</th></tr>{''.join(examples)}</table>
+</body></html>
+"""

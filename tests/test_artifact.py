@@ -1,0 +1,237 @@
+"""evaluate → package → verify → serve, on a twin of the demo persona trained on a tiny Llama.
+
+The official `openai` client talks to `twin serve` on 127.0.0.1; a tampered artifact and
+malicious archives are refused; the adapters inside load with plain peft."""
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import time
+
+import pytest
+
+from conftest import DEMO, TWIN, run_twin
+from test_llm import tiny_model  # noqa: F401 - the fixture
+from twin.cache import read_json
+
+pytestmark = pytest.mark.slow
+
+SPEC = """id: tiny-twin
+name: Tamsin Vell
+aliases: [Vell, Tamsin]
+consent: {{basis: {basis}, evidence: "fictional persona", evidence_file: demo/consent.txt}}
+workspace: ws
+sources: {{posts: [demo/posts.jsonl], facts: [demo/bio.md]}}
+models: {{base_model: {base}}}
+stages:
+  memory_data: {{answer_method: rule}}
+  train: {{rank: 8, alpha: 16, epochs: 2, learning_rate: 0.003, max_length: 256, batch_size: 4}}
+  evaluate: {{max_memory_questions: 6, max_style_prompts: 4, max_new_tokens: 12}}
+{extra}"""
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, tiny_model):
+    d = tmp_path_factory.mktemp("art")
+    (d / "demo").mkdir()
+    for name in ("posts.jsonl", "bio.md", "consent.txt"):
+        shutil.copy(DEMO / name, d / "demo" / name)
+    spec = d / "spec.yaml"
+    spec.write_text(SPEC.format(basis="self", base=tiny_model, extra=""))
+    out = run_twin("build", spec, timeout=1500)
+    assert out.returncode == 0, out.stderr
+    return d, spec
+
+
+def test_demo_like_build_ends_in_a_verified_artifact_and_report(built):
+    d, _ = built
+    pkg = d / "ws" / "package"
+    art = pkg / "artifact"
+    man = read_json(art / "manifest.json")
+    assert man["synthetic"] is True and "synthetic" in man["disclosure"]
+    assert man["consent"]["basis"] == "self" and not man["consent"]["restricted"]
+    assert man["stack"] == ["style", "memory"] and set(man["adapters"]) == {"style", "memory", "combined"}
+    assert man["adapters"]["memory"]["applies_over"] == ["style"]
+    assert man["provenance"]["items"] >= 2 and (art / "provenance.jsonl").is_file()
+    assert set(man["cache_keys"]) >= {"fetch", "train", "evaluate"}
+    card = (art / "README.md").read_text()
+    assert card.startswith("---\nlibrary_name: \"peft\"") and "synthetic digital twin" in card.lower()
+    vllm = read_json(art / "serving" / "vllm-lora-modules.json")
+    assert vllm["path"] == "adapters/combined" and (art / vllm["path"] / "adapter_config.json").is_file()
+    assert "ADAPTER ../adapters/combined" in (art / "serving" / "Modelfile").read_text()
+    for target in (art, pkg / "tiny-twin-twin.tar.gz"):
+        out = run_twin("verify", target)
+        assert out.returncode == 0 and "ok" in out.stdout, out.stderr
+    metrics = read_json(d / "ws" / "evaluate" / "metrics.json")
+    for who in ("base", "twin"):
+        m = metrics[who]
+        assert m["memory"]["questions"] == 6 and 0 <= m["memory"]["similarity"] <= 1
+        assert m["perplexity"]["style"] > 1 and m["identity"]["rephrasings"] == 6
+        assert 0 <= m["leakage"]["rate"] <= 1 and m["memory"]["hallucination_rate"] is not None
+    assert metrics["twin"]["perplexity"]["memory"] < metrics["base"]["perplexity"]["memory"]
+
+
+def test_report_renders_in_headless_chromium(built, tmp_path):
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert chromium, "chromium is installed by scripts/setup.sh"
+    report = built[0] / "ws" / "evaluate" / "report.html"
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={tmp_path / 'profile'}"]
+    dom = subprocess.run([chromium, *flags, "--dump-dom", report.as_uri()], capture_output=True, text=True,
+                         timeout=120)
+    assert 'id="metrics"' in dom.stdout and "synthetic digital twin" in dom.stdout
+    assert dom.stdout.count("data:image/png;base64,") >= 3
+    shot = tmp_path / "report.png"
+    subprocess.run([chromium, *flags, f"--screenshot={shot}", "--window-size=1200,2400", report.as_uri()],
+                   capture_output=True, timeout=120)
+    import numpy as np
+    from PIL import Image
+    img = Image.open(shot).convert("L")
+    assert img.size == (1200, 2400) and len(np.unique(np.asarray(img))) > 20      # drawn, not a blank page
+
+
+def test_tampered_artifact_fails_verify(built, tmp_path):
+    art = tmp_path / "copy"
+    shutil.copytree(built[0] / "ws" / "package" / "artifact", art)
+    w = art / "adapters" / "memory" / "adapter_model.safetensors"
+    data = bytearray(w.read_bytes())
+    data[-1] ^= 1
+    w.write_bytes(bytes(data))
+    (art / "extra.txt").write_text("smuggled")
+    out = run_twin("verify", art)
+    assert out.returncode == 1
+    assert "adapters/memory/adapter_model.safetensors: checksum mismatch" in out.stderr
+    assert "extra.txt: not listed" in out.stderr
+
+
+def _tar(path, members):
+    with tarfile.open(path, "w:gz") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            if isinstance(data, tuple):
+                info.type = tarfile.SYMTYPE if data[0] == "sym" else tarfile.LNKTYPE
+                info.linkname = data[1]
+                tar.addfile(info)
+            else:
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+@pytest.mark.parametrize("members,why", [
+    ({"t/manifest.json": b"{}", "../evil.txt": b"x"}, "'..'"),
+    ({"/tmp/evil-abs.txt": b"x"}, "absolute path"),
+    ({"t/manifest.json": b"{}", "t/link": ("sym", "/etc/passwd")}, "is a link"),
+    ({"t/manifest.json": b"{}", "t/hard": ("hard", "t/manifest.json")}, "is a link"),
+])
+def test_malicious_archives_are_refused(tmp_path, members, why):
+    evil = _tar(tmp_path / "evil.tar.gz", members)
+    out = run_twin("verify", evil)
+    assert out.returncode == 1 and "refusing to unpack" in out.stderr and why in out.stderr, out.stderr
+    assert not (tmp_path.parent / "evil.txt").exists() and not os.path.exists("/tmp/evil-abs.txt")
+
+
+def test_oversized_member_is_refused(tmp_path):
+    from twin.artifact import ArtifactError, safe_extract
+    evil = _tar(tmp_path / "big.tar.gz", {"t/manifest.json": b"{}", "t/blob": b"0" * 5000})
+    with pytest.raises(ArtifactError, match="over the 4096 limit"):
+        safe_extract(evil, tmp_path / "out", max_member_bytes=4096)
+    assert not (tmp_path / "out" / "t" / "manifest.json").exists()       # nothing written before the check
+
+
+def test_adapters_inside_load_with_plain_peft(built, tiny_model):
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+    art = built[0] / "ws" / "package" / "artifact"
+    base = AutoModelForCausalLM.from_pretrained(tiny_model)
+    model = PeftModel.from_pretrained(base, art / "adapters" / "combined")
+    with torch.no_grad():
+        out = model(input_ids=torch.tensor([[1, 5, 7, 9]])).logits
+    assert out.shape[-1] == base.config.vocab_size
+
+    import twin
+    t = twin.load(built[0] / "ws" / "package" / "tiny-twin-twin.tar.gz", base=str(tiny_model), device="cpu")
+    reply = t.chat([{"role": "user", "content": "Who are you?"}], max_new_tokens=6)
+    assert reply["synthetic"] is True and "synthetic" in reply["disclosure"] and isinstance(reply["content"], str)
+
+
+@pytest.fixture(scope="module")
+def server(built, tiny_model):
+    art = built[0] / "ws" / "package" / "tiny-twin-twin.tar.gz"
+    env = {**os.environ, "TWIN_API_KEY": "s3cret-token"}
+    proc = subprocess.Popen([TWIN, "serve", art, "--base", tiny_model, "--port", "0", "--max-tokens", "16",
+                             "--max-request-bytes", "4096", "--device", "cpu"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+    line = proc.stdout.readline()
+    assert "serving the twin" in line, proc.stderr.read() if proc.poll() is not None else line
+    url = line.split(" on ")[1].split()[0]
+    yield url
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+def test_openai_client_chat_and_stream(server):
+    import openai
+    client = openai.OpenAI(base_url=server, api_key="s3cret-token", max_retries=0)
+    assert [m.id for m in client.models.list().data] == ["tiny-twin"]
+    r = client.chat.completions.create(model="tiny-twin", messages=[{"role": "user", "content": "How is the kelp?"}],
+                                       max_tokens=200)
+    text = r.choices[0].message.content
+    assert text.startswith("[This is a synthetic digital twin of Tamsin Vell")
+    assert r.model_extra["twin_disclosure"].startswith("This is a synthetic digital twin")
+    assert r.usage.completion_tokens <= 16                                  # capped by --max-tokens
+    pieces = [c.choices[0].delta.content or "" for c in client.chat.completions.create(
+        model="tiny-twin", messages=[{"role": "user", "content": "How is the kelp?"}], max_tokens=200, stream=True)]
+    assert len(pieces) >= 3 and "".join(pieces).strip() == text.strip()    # greedy: same text, streamed
+
+
+def test_bad_token_and_oversized_request_are_refused(server):
+    import openai
+    bad = openai.OpenAI(base_url=server, api_key="wrong", max_retries=0)
+    with pytest.raises(openai.AuthenticationError):
+        bad.chat.completions.create(model="tiny-twin", messages=[{"role": "user", "content": "hi"}])
+    good = openai.OpenAI(base_url=server, api_key="s3cret-token", max_retries=0)
+    with pytest.raises(openai.APIStatusError) as exc:
+        good.chat.completions.create(model="tiny-twin", messages=[{"role": "user", "content": "x" * 5000}])
+    assert exc.value.status_code == 413
+    with pytest.raises(openai.NotFoundError):
+        good.chat.completions.create(model="someone-else", messages=[{"role": "user", "content": "hi"}])
+
+
+def test_restricted_consent_is_carried_through(built, tiny_model, tmp_path):
+    d, _ = built
+    shutil.copytree(d, tmp_path / "r", ignore=shutil.ignore_patterns("package"))
+    spec = tmp_path / "r" / "spec.yaml"
+    spec.write_text(SPEC.format(basis="public-figure-research", base=tiny_model, extra=""))
+    out = run_twin("build", spec, timeout=900)
+    assert out.returncode == 0, out.stderr
+    art = tmp_path / "r" / "ws" / "package" / "artifact"
+    man = read_json(art / "manifest.json")
+    assert man["consent"]["restricted"] and man["disclosure_locked"]
+    assert "research use only" in man["consent"]["restrictions"]
+    assert "Restricted twin" in (art / "README.md").read_text()
+    assert not man["voice"]["included"] and not (art / "voice").exists()
+    # the disclosure cannot be switched off, even on loopback
+    out = run_twin("serve", art, "--base", tiny_model, "--open", "--no-disclosure-text", "--port", "0")
+    assert out.returncode == 2 and "cannot be switched off" in out.stderr
+    # voice material only with a recorded reason
+    spec.write_text(SPEC.format(basis="public-figure-research", base=tiny_model,
+                                extra="  package: {include_voice: true}\n"))
+    out = run_twin("build", spec, timeout=900)
+    assert out.returncode == 1 and "voice_reason" in out.stderr
+
+
+def test_serve_refuses_to_run_open_off_loopback_or_without_token(built, tiny_model):
+    art = built[0] / "ws" / "package" / "artifact"
+    env = {k: v for k, v in os.environ.items() if k != "TWIN_API_KEY"}
+    out = subprocess.run([TWIN, "serve", art, "--base", tiny_model], capture_output=True, text=True, env=env,
+                         timeout=120)
+    assert out.returncode == 2 and "no API token" in out.stderr
+    out = subprocess.run([TWIN, "serve", art, "--open", "--host", "0.0.0.0"], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 2 and "loopback" in out.stderr

@@ -1,0 +1,224 @@
+"""``twin serve``: an OpenAI-compatible HTTP server for a twin artifact.
+
+``GET /v1/models`` and ``POST /v1/chat/completions`` (with ``stream: true`` as server-sent
+events). A bearer token is required unless the server is explicitly run open on a loopback
+address. Requests are limited in size and in generation length. Every response discloses
+that the twin is synthetic: a ``twin_disclosure`` field, an ``X-Twin-Disclosure`` header and,
+unless switched off (impossible for restricted twins), the disclosure ahead of the reply text.
+"""
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import json
+import logging
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Optional
+
+from .errors import UsageError
+from .llm import GenParams
+
+log = logging.getLogger("twin.serve")
+ROLES = {"system", "user", "assistant"}
+
+
+@dataclass
+class ServeConfig:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    token: Optional[str] = None
+    open_access: bool = False
+    max_request_bytes: int = 64 * 1024
+    max_tokens: int = 512
+    default_max_tokens: int = 128
+    disclosure: Optional[str] = None
+    disclosure_in_text: bool = True
+    model_name: Optional[str] = None
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_config(cfg: ServeConfig, manifest: dict) -> ServeConfig:
+    """Refuse unsafe settings before anything loads."""
+    if cfg.open_access and not is_loopback(cfg.host):
+        raise UsageError(f"--open serves without a token, which is allowed on a loopback address only, not {cfg.host}")
+    if not cfg.open_access and not cfg.token:
+        raise UsageError("no API token: set the token's environment variable (default TWIN_API_KEY), or pass --open "
+                         "to serve without one on a loopback address")
+    if manifest.get("disclosure_locked") and not cfg.disclosure_in_text:
+        raise UsageError(f"the twin of {manifest['persona']['name']} is restricted (consent basis "
+                         f"{manifest['consent']['basis']}): its disclosure cannot be switched off")
+    cfg.disclosure = cfg.disclosure or manifest["disclosure"]
+    if manifest.get("disclosure_locked") and "synthetic" not in cfg.disclosure.lower():
+        raise UsageError("a restricted twin's disclosure wording must say that it is synthetic")
+    cfg.model_name = cfg.model_name or manifest["persona"]["id"]
+    return cfg
+
+
+class _Error(Exception):
+    def __init__(self, status: int, message: str, kind: str = "invalid_request_error"):
+        super().__init__(message)
+        self.status, self.message, self.kind = status, message, kind
+
+
+def make_server(twin, cfg: ServeConfig) -> ThreadingHTTPServer:
+    """A ready server (not yet serving) for ``twin`` (a ``twin.artifact.Twin``)."""
+    name = twin.name
+
+    class Handler(BaseHTTPRequestHandler):
+        server_version = "twin-serve"
+
+        def log_message(self, fmt, *args):
+            log.info("%s %s", self.address_string(), fmt % args)
+
+        # ------------------------------------------------ plumbing
+        def _send_json(self, status: int, body: dict) -> None:
+            data = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.send_header("X-Twin-Disclosure", cfg.disclosure.encode("ascii", "replace").decode())
+            self.end_headers()
+            self.wfile.write(data)
+
+        def _error(self, e: _Error) -> None:
+            self._send_json(e.status, {"error": {"message": e.message, "type": e.kind, "code": e.status},
+                                       "twin_disclosure": cfg.disclosure})
+
+        def _auth(self) -> None:
+            if cfg.open_access:
+                return
+            got = self.headers.get("Authorization", "")
+            if not (got.startswith("Bearer ") and hmac.compare_digest(got[7:].encode(), cfg.token.encode())):
+                raise _Error(401, "invalid or missing bearer token", "authentication_error")
+
+        def _body(self) -> dict:
+            length = self.headers.get("Content-Length")
+            if length is None:
+                raise _Error(411, "Content-Length required")
+            try:
+                n = int(length)
+            except ValueError:
+                raise _Error(400, "bad Content-Length") from None
+            if n > cfg.max_request_bytes:
+                raise _Error(413, f"request of {n} bytes is over the server's limit of {cfg.max_request_bytes}")
+            try:
+                return json.loads(self.rfile.read(n) or b"{}")
+            except ValueError:
+                raise _Error(400, "the request body is not valid JSON") from None
+
+        # ------------------------------------------------ routes
+        def do_GET(self):
+            try:
+                self._auth()
+                if self.path.rstrip("/") in ("/v1/models", "/models"):
+                    self._send_json(200, {"object": "list", "data": [
+                        {"id": cfg.model_name, "object": "model", "created": 0, "owned_by": "twin",
+                         "twin_disclosure": cfg.disclosure}]})
+                elif self.path.rstrip("/") in ("", "/health"):
+                    self._send_json(200, {"status": "ok", "model": cfg.model_name, "twin_disclosure": cfg.disclosure})
+                else:
+                    raise _Error(404, f"no route {self.path}")
+            except _Error as e:
+                self._error(e)
+
+        def do_POST(self):
+            try:
+                self._auth()
+                if self.path.rstrip("/") not in ("/v1/chat/completions", "/chat/completions"):
+                    raise _Error(404, f"no route {self.path}")
+                req = self._body()
+                conv, params = self._parse(req)
+                if req.get("stream"):
+                    self._stream(conv, params)
+                else:
+                    self._complete(conv, params)
+            except _Error as e:
+                self._error(e)
+
+        def _parse(self, req: dict):
+            if req.get("model") not in (None, cfg.model_name):
+                raise _Error(404, f"model {req.get('model')!r} is not served here; this server has {cfg.model_name!r}",
+                             "model_not_found")
+            msgs = req.get("messages")
+            if not isinstance(msgs, list) or not msgs:
+                raise _Error(400, "messages must be a non-empty list")
+            conv = []
+            for i, m in enumerate(msgs):
+                if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
+                    raise _Error(400, f"messages[{i}] must have a role ({', '.join(sorted(ROLES))}) and text content")
+                conv.append({"role": m["role"], "content": m["content"]})
+            if conv[0]["role"] != "system":
+                conv.insert(0, {"role": "system", "content": f"You are {name}."})
+            mt = req.get("max_tokens") or req.get("max_completion_tokens") or cfg.default_max_tokens
+            if not isinstance(mt, int) or mt < 1:
+                raise _Error(400, "max_tokens must be a positive integer")
+            temperature = float(req.get("temperature") or 0.0)
+            if not 0 <= temperature <= 2:
+                raise _Error(400, "temperature must be between 0 and 2")
+            params = GenParams(max_new_tokens=min(mt, cfg.max_tokens), temperature=temperature,
+                               top_p=float(req.get("top_p") or 1.0), seed=int(req.get("seed") or 0))
+            return conv, params
+
+        def _prefix(self) -> str:
+            return f"[{cfg.disclosure}]\n\n" if cfg.disclosure_in_text else ""
+
+        def _complete(self, conv, params):
+            reply = twin.lm.chat([conv], params)[0]
+            n_out = twin.lm.count_tokens(reply)
+            n_in = sum(twin.lm.count_tokens(m["content"]) for m in conv)
+            self._send_json(200, {
+                "id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "object": "chat.completion", "created": int(time.time()),
+                "model": cfg.model_name, "twin_disclosure": cfg.disclosure,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": self._prefix() + reply},
+                             "finish_reason": "length" if n_out >= params.max_new_tokens else "stop"}],
+                "usage": {"prompt_tokens": n_in, "completion_tokens": n_out, "total_tokens": n_in + n_out}})
+
+        def _stream(self, conv, params):
+            from transformers import TextIteratorStreamer
+            streamer = TextIteratorStreamer(twin.lm.tok, skip_prompt=True, skip_special_tokens=True, timeout=600)
+            failure = []
+
+            def work():
+                try:
+                    twin.lm.chat([conv], params, streamer=streamer)
+                except Exception as exc:  # noqa: BLE001 - reported to the client below
+                    failure.append(exc)
+                    streamer.end()
+            threading.Thread(target=work, daemon=True).start()
+            cid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.send_header("Cache-Control", "no-cache")
+            self.send_header("X-Twin-Disclosure", cfg.disclosure.encode("ascii", "replace").decode())
+            self.end_headers()
+
+            def event(delta: dict, finish=None):
+                chunk = {"id": cid, "object": "chat.completion.chunk", "created": int(time.time()),
+                         "model": cfg.model_name, "twin_disclosure": cfg.disclosure,
+                         "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+                self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
+                self.wfile.flush()
+            event({"role": "assistant", "content": self._prefix()})
+            for piece in streamer:
+                if piece:
+                    event({"content": piece})
+            if failure:
+                log.error("generation failed: %s", failure[0])
+            event({}, "stop")
+            self.wfile.write(b"data: [DONE]\n\n")
+            self.wfile.flush()
+            self.close_connection = True
+
+    return ThreadingHTTPServer((cfg.host, cfg.port), Handler)

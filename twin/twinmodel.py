@@ -1,0 +1,60 @@
+"""The twin as a model: the base LLM with the style and memory adapters stacked (or the combined one).
+
+Used by the evaluate stage (base and twin side by side: ``with lm.base_only():``), by
+``twin serve`` and by ``twin.load(artifact)`` for programs. Generation is greedy unless a
+temperature is given; adapters are loaded with plain peft from standard PEFT folders.
+"""
+from __future__ import annotations
+
+import contextlib
+import threading
+from pathlib import Path
+from typing import Optional, Sequence
+
+from .errors import UsageError
+from .llm import Conversation, GenParams, generate_chat
+
+
+class TwinLM:
+    def __init__(self, base_source: str, adapters: Sequence[Path], *, revision: Optional[str] = None,
+                 device: Optional[str] = None, batch_size: int = 8, token: Optional[str] = None):
+        from peft import PeftModel
+
+        from .models import device as pick_device
+        from .training import load_base
+        if not adapters:
+            raise UsageError("a twin needs at least one adapter folder")
+        self.device = pick_device(device)
+        self.tok, base = load_base(base_source, revision, self.device, token=token)
+        self.names = [Path(a).name for a in adapters]
+        model = PeftModel.from_pretrained(base, str(adapters[0]), adapter_name=self.names[0])
+        for name, path in zip(self.names[1:], adapters[1:]):
+            model.load_adapter(str(path), adapter_name=name)
+        model.base_model.set_adapter(self.names)
+        model.eval()
+        self.model = model
+        self.batch_size = batch_size
+        self.lock = threading.Lock()
+
+    def chat(self, conversations: list[Conversation], params: GenParams = GenParams(), streamer=None) -> list[str]:
+        with self.lock:
+            return generate_chat(self.model, self.tok, conversations, params, self.batch_size, streamer=streamer)
+
+    @contextlib.contextmanager
+    def base_only(self):
+        """The base model, adapters switched off (for side-by-side evaluation)."""
+        with self.lock, self.model.disable_adapter():
+            yield self
+
+    def chat_unlocked(self, conversations: list[Conversation], params: GenParams = GenParams()) -> list[str]:
+        """Generation for callers already holding ``lock`` (inside ``base_only``)."""
+        return generate_chat(self.model, self.tok, conversations, params, self.batch_size)
+
+    def loss(self, samples: list[dict]) -> Optional[float]:
+        """Mean cross-entropy per assistant token of chat samples (``messages``)."""
+        from .training import eval_loss, tokenize_sample
+        toks = [t for t in (tokenize_sample(self.tok, s["messages"], 1024) for s in samples) if t]
+        return eval_loss(self.model, toks, self.tok.pad_token_id, self.batch_size)
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tok(text, add_special_tokens=False)["input_ids"])
