@@ -117,16 +117,42 @@ def plan(spec, until, only, force, workspace):
 @click.option("--force", multiple=True, help="rebuild these stages even if unchanged")
 @click.option("--workers", type=click.IntRange(1, 256), default=1, show_default=True,
               help="processes for per-item work")
-@click.option("--executor", default="local", show_default=True, help="where per-item work runs")
+@click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="where per-item work runs: local processes, or a Ray cluster")
+@click.option("--ray-address", help="Ray cluster to join (default: start a local Ray with --workers CPUs)")
+@click.option("--ray-mode", type=click.Choice(["auto", "tasks", "actors"]), default="auto", show_default=True,
+              help="Ray tasks, or long-lived actors holding loaded models (auto: actors when there are GPUs)")
 @click.option("--on-error", type=click.Choice(["fail", "keep-going"]), default="fail", show_default=True)
 @click.option("--workspace", type=click.Path(file_okay=False), help="build folder (default from the spec)")
+@click.option("--check", is_flag=True, help="rebuild into a fresh workspace and compare every stage's output hashes "
+                                            "with this build (and the spec's lock file, if committed)")
+@click.option("--keep-check", is_flag=True, help="keep the fresh workspace of --check even when it matches")
 @click.pass_context
-def build(ctx, spec, until, only, force, workers, executor, on_error, workspace):
+def build(ctx, spec, until, only, force, workers, executor, ray_address, ray_mode, on_error, workspace, check,
+          keep_check):
     """Build the twin described by SPEC (cached, resumable)."""
     from twin.runner import Runner
     s = _load(spec)
+    options = {"address": ray_address, "mode": ray_mode} if executor == "ray" else {}
+    if check:
+        from twin.reproduce import check as run_check
+        with _progress(ctx) as progress:
+            res = run_check(s, workspace, keep=keep_check, workers=workers, executor=executor,
+                            executor_options=options, progress=progress)
+        for line in res.drift:
+            click.echo(f"drift from the lock: {line}", err=True)
+        if res.first_difference:
+            d = res.first_difference
+            click.echo(f"error: not reproducible: stage {d['stage']} differs first ({d['file']}: {d['why']}); "
+                       f"the rebuild is kept in {res.fresh}", err=True)
+            sys.exit(1)
+        if not res.ok:
+            sys.exit(1)
+        click.echo(f"reproducible: {len(res.compared)} stages rebuilt in a fresh workspace with identical outputs")
+        return
     with _progress(ctx) as progress:
-        runner = Runner(s, workspace, workers=workers, executor=executor, progress=progress)
+        runner = Runner(s, workspace, workers=workers, executor=executor, progress=progress,
+                        executor_options=options)
         result = runner.build(until, only, force, on_error=on_error)
     if result.ran:
         click.echo(f"built {', '.join(result.ran)}" + (f"; unchanged: {', '.join(result.skipped)}"
@@ -158,6 +184,25 @@ def status(spec, as_json, workspace):
             state += " (interrupted run will resume)"
         counts = ", ".join(f"{k}={v}" for k, v in r["counts"].items())
         click.echo(f"{r['stage']:<14} {state}" + (f"  [{counts}]" if counts else ""))
+
+
+@main.command()
+@click.argument("spec", type=click.Path())
+@click.option("--workspace", type=click.Path(file_okay=False))
+def lock(spec, workspace):
+    """Copy the build's lock (resolved inputs, models, versions) beside SPEC, to be committed."""
+    import shutil
+
+    from twin.errors import UsageError
+    from twin.reproduce import LOCK, lock_path_for
+    from twin.runner import Runner
+    s = _load(spec)
+    src = Runner(s, workspace).ws.root / LOCK
+    if not src.is_file():
+        raise UsageError(f"{src} does not exist: build {spec} first")
+    dst = lock_path_for(s)
+    shutil.copyfile(src, dst)
+    click.echo(f"wrote {dst}; `twin build {spec} --check` reports drift from it")
 
 
 @main.command()

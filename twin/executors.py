@@ -92,6 +92,97 @@ def register_executor(name: str, factory: Callable[..., Executor]) -> None:
 register_executor("local", lambda workers=1, **_: InlineExecutor() if workers <= 1 else LocalExecutor(workers))
 
 
+class _ItemWorker:
+    """A Ray actor: a long-lived process whose module-level model caches stay loaded across items."""
+
+    def run(self, fn, item, params):
+        return call_item(fn, item, params)
+
+
+class RayExecutor:
+    """Per-item work on a Ray cluster (``--executor ray [--ray-address ADDR]``), same item functions.
+
+    ``mode``: ``tasks`` (one task per item, 1 CPU each; Ray reuses its worker processes, so the
+    items' cached models survive between tasks), ``actors`` (a pool of long-lived actors, each
+    with ``gpus_per_worker`` GPUs, holding their loaded models), or ``auto``: actors when the
+    cluster has GPUs, tasks otherwise. At most ``2 × workers`` items are in flight.
+    Without an address, a local Ray with ``workers`` CPUs is started and stopped with the executor.
+    """
+
+    name = "ray"
+
+    def __init__(self, workers: int = 2, address: str | None = None, mode: str = "auto",
+                 gpus_per_worker: float | None = None, **_):
+        try:
+            import ray
+        except ImportError as exc:
+            from .errors import MissingDependency
+            raise MissingDependency("the ray executor needs ray (pip install 'ray[default]')") from exc
+        self.ray = ray
+        self._owns = False
+        if not ray.is_initialized():
+            kwargs = {"address": address} if address else {"num_cpus": max(1, int(workers))}
+            ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False, **kwargs)
+            self._owns = True
+        gpus = ray.cluster_resources().get("GPU", 0)
+        if mode == "auto":
+            mode = "actors" if gpus else "tasks"
+        if mode not in ("tasks", "actors"):
+            from .errors import UsageError
+            raise UsageError(f"ray mode must be auto, tasks or actors, not {mode!r}")
+        self.mode = mode
+        self.workers = max(1, int(workers))
+        self.gpus_per_worker = (1.0 if gpus else 0.0) if gpus_per_worker is None else gpus_per_worker
+        self._task = ray.remote(num_cpus=1)(call_item)
+        self._actors = None
+
+    def _pool(self):
+        if self._actors is None:
+            cls = self.ray.remote(num_cpus=1, num_gpus=self.gpus_per_worker)(_ItemWorker)
+            self._actors = [cls.remote() for _ in range(self.workers)]
+        return self._actors
+
+    def map(self, fn, items, params):
+        ray = self.ray
+        if not items:
+            return
+        fn_ref, params_ref = ray.put(fn), ray.put(params)
+        free = list(self._pool()) if self.mode == "actors" else None
+        pending: dict = {}
+        next_i = 0
+        while next_i < len(items) or pending:
+            while next_i < len(items) and len(pending) < (len(free) if free is not None else 2 * self.workers):
+                if free is not None:
+                    actor = free.pop()
+                    ref = actor.run.remote(fn_ref, items[next_i], params_ref)
+                    pending[ref] = (next_i, actor)
+                else:
+                    pending[self._task.remote(fn_ref, items[next_i], params_ref)] = (next_i, None)
+                next_i += 1
+            done, _ = ray.wait(list(pending), num_returns=1)
+            for ref in done:
+                i, actor = pending.pop(ref)
+                if actor is not None:
+                    free.append(actor)
+                try:
+                    ok, value = ray.get(ref)
+                except Exception as exc:  # noqa: BLE001 - a lost worker fails its item, not the build
+                    ok, value = False, f"ray: {type(exc).__name__}: {exc}"
+                yield i, ok, value
+
+    def close(self):
+        if self._actors:
+            for a in self._actors:
+                self.ray.kill(a)
+            self._actors = None
+        if self._owns:
+            self.ray.shutdown()
+            self._owns = False
+
+
+register_executor("ray", lambda workers=2, **options: RayExecutor(workers=workers, **options))
+
+
 def make_executor(name: str = "local", workers: int = 1, **options) -> Executor:
     from .errors import UsageError
     if name not in EXECUTORS:

@@ -187,6 +187,9 @@ class Runner:
                     self._build_one(st, force, result, on_error)
             finally:
                 self._executor.close()
+            if result.ok:
+                from .reproduce import write_lock
+                write_lock(self.spec, self.ws.root)
         return result
 
     def _build_one(self, st: Stage, force: set, result: BuildResult, on_error: str) -> None:

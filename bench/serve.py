@@ -1,0 +1,115 @@
+"""`twin serve` under load, and what loading the adapters costs, side by side in one run.
+
+    .venv/bin/python bench/serve.py [--artifact twin-work/tamsin-vell/package/artifact] [--requests 16]
+
+Needs a built artifact (``make demo``). Loading: the base model alone, base + the stacked
+style and memory adapters, base + the combined adapter — wall time and the ratio to the base
+alone. Load: a second process sends chat requests (greedy, 32 new tokens) at concurrency 1
+and 4 to a `twin serve` started here on 127.0.0.1; requests per second and latency
+percentiles. Generation is serialised on one model, so concurrency buys queueing, not speed:
+the table shows how much.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def client(url: str, n: int, concurrency: int, tokens: int) -> dict:
+    """Runs in the second process: n requests at the given concurrency; latencies in seconds."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import requests
+    body = {"model": None, "max_tokens": tokens, "messages": [{"role": "user", "content": "How is the kelp farm?"}]}
+    models = requests.get(f"{url}/models", headers={"Authorization": "Bearer bench"}, timeout=60).json()
+    body["model"] = models["data"][0]["id"]
+
+    def one(i):
+        b = dict(body, messages=[{"role": "user", "content": f"Question {i}: how is the kelp farm?"}])
+        t0 = time.perf_counter()
+        r = requests.post(f"{url}/chat/completions", json=b, headers={"Authorization": "Bearer bench"}, timeout=600)
+        r.raise_for_status()
+        return time.perf_counter() - t0
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        lat = list(pool.map(one, range(n)))
+    wall = time.perf_counter() - t0
+    lat.sort()
+    return {"concurrency": concurrency, "requests": n, "rps": round(n / wall, 3),
+            "p50": round(statistics.median(lat), 3), "p95": round(lat[min(len(lat) - 1, int(0.95 * len(lat)))], 3)}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--artifact", default=str(ROOT / "twin-work" / "tamsin-vell" / "package" / "artifact"))
+    ap.add_argument("--requests", type=int, default=16)
+    ap.add_argument("--tokens", type=int, default=32)
+    ap.add_argument("--client", help=argparse.SUPPRESS)
+    ap.add_argument("--concurrency", type=int, default=1, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.client:
+        print(json.dumps(client(args.client, args.requests, args.concurrency, args.tokens)))
+        return 0
+    warnings.filterwarnings("ignore")
+    art = Path(args.artifact)
+    if not (art / "manifest.json").is_file():
+        print(f"{art}: no artifact; run `make demo` first", file=sys.stderr)
+        return 2
+    from twin.artifact import read_manifest, resolve_base
+    from twin.training import load_base
+    from twin.twinmodel import TwinLM
+    man = read_manifest(art)
+    source, rev = resolve_base(man)
+    load_base(source, rev, "cpu")                       # warm the page cache once, untimed
+    rows = []
+    for label, adapters in (("base model only", None), ("base + style + memory (stacked)", man["stack"]),
+                            ("base + combined", ["combined"])):
+        t0 = time.perf_counter()
+        if adapters:
+            TwinLM(source, [art / man["adapters"][a]["path"] for a in adapters], revision=rev, device="cpu")
+        else:
+            load_base(source, rev, "cpu")
+        rows.append((label, time.perf_counter() - t0))
+    print(f"Artifact: {art.name} of {man['persona']['name']}, base {man['base_model']['id']}, CPU\n")
+    print("| load | seconds | vs base only |\n|---|---:|---:|")
+    for label, sec in rows:
+        print(f"| {label} | {sec:.2f} | {sec / rows[0][1]:.2f}x |")
+
+    env = {**os.environ, "TWIN_API_KEY": "bench"}
+    server = subprocess.Popen([str(Path(sys.executable).parent / "twin"), "-q", "serve", str(art), "--port", "0",
+                               "--device", "cpu", "--max-tokens", str(args.tokens)], stdout=subprocess.PIPE,
+                              stderr=subprocess.DEVNULL, text=True, env=env)
+    try:
+        line = server.stdout.readline()
+        url = line.split(" on ")[1].split()[0]
+        results = []
+        for conc in (1, 4):
+            proc = subprocess.run([sys.executable, __file__, "--client", url, "--requests", str(args.requests),
+                                   "--concurrency", str(conc), "--tokens", str(args.tokens)],
+                                  capture_output=True, text=True)
+            if proc.returncode:
+                print(proc.stderr, file=sys.stderr)
+                return 1
+            results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    print(f"\n{args.requests} chat requests per row from a second process, {args.tokens} new tokens each, greedy\n")
+    print("| concurrency | requests/s | vs 1 | latency p50 s | p95 s |\n|---:|---:|---:|---:|---:|")
+    for r in results:
+        print(f"| {r['concurrency']} | {r['rps']} | {r['rps'] / results[0]['rps']:.2f}x | {r['p50']} | {r['p95']} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
