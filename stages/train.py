@@ -63,8 +63,8 @@ class Settings(Strict):
     checkpoint_every: int = Field(25, ge=0, description="optimizer steps between resumable checkpoints "
                                                         "(0: at epoch ends only)")
     device: str = Field("auto", description="auto (CUDA when present), cpu, cuda, cuda:N")
-    threads: Optional[int] = Field(None, ge=1, description="CPU threads (default: all cores); pinned for "
-                                                           "reproducible sums")
+    threads: Optional[int] = Field(None, ge=1, description="CPU threads (default: the spec's threads); pinned "
+                                                           "for reproducible sums")
 
 
 def _samples(path: Path) -> list[dict]:
@@ -112,8 +112,7 @@ class Train(Stage):
         s = ctx.settings
         if not s.steps:
             raise UsageError("stages.train.steps is empty: name style, memory or both")
-        if s.threads:
-            torch.set_num_threads(s.threads)
+        torch.set_num_threads(s.threads or ctx.spec.threads)
         torch.use_deterministic_algorithms(True, warn_only=True)
         dev = pick_device(None if s.device == "auto" else s.device)
         m = ctx.models["base_model"]

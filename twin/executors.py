@@ -7,6 +7,7 @@ caller (``StageContext.map``) journals results and restores the input order.
 """
 from __future__ import annotations
 
+import os
 import traceback
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from multiprocessing import get_context
@@ -26,6 +27,30 @@ def call_item(fn: ItemFn, item: Any, params: dict) -> tuple[bool, Any]:
         return False, reason
 
 
+def pin_threads(threads: int | None) -> None:
+    """Pin the CPU threads of this process's numeric libraries (results depend on the count)."""
+    if not threads:
+        return
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[var] = str(threads)
+    try:   # BLAS pools already started (numpy imported by a Ray worker at start-up) follow too
+        from threadpoolctl import threadpool_limits
+        threadpool_limits(threads)
+    except ImportError:
+        pass
+    try:
+        import torch
+    except ImportError:
+        return
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+
+
+def call_pinned(fn: ItemFn, item: Any, params: dict, threads: int | None) -> tuple[bool, Any]:
+    pin_threads(threads)
+    return call_item(fn, item, params)
+
+
 class Executor(Protocol):
     name: str
     workers: int
@@ -41,9 +66,12 @@ class InlineExecutor:
     name = "inline"
     workers = 1
 
+    def __init__(self, threads: int | None = None):
+        self.threads = threads
+
     def map(self, fn, items, params):
         for i, item in enumerate(items):
-            ok, value = call_item(fn, item, params)
+            ok, value = call_pinned(fn, item, params, self.threads)
             yield i, ok, value
 
     def close(self):
@@ -55,8 +83,9 @@ class LocalExecutor:
 
     name = "local"
 
-    def __init__(self, workers: int = 2):
+    def __init__(self, workers: int = 2, threads: int | None = None):
         self.workers = max(1, int(workers))
+        self.threads = threads
         self._pool: ProcessPoolExecutor | None = None
 
     def _get_pool(self) -> ProcessPoolExecutor:
@@ -68,7 +97,7 @@ class LocalExecutor:
         if not items:
             return
         pool = self._get_pool()
-        pending = {pool.submit(call_item, fn, item, params): i for i, item in enumerate(items)}
+        pending = {pool.submit(call_pinned, fn, item, params, self.threads): i for i, item in enumerate(items)}
         while pending:
             done, _ = wait(pending, return_when=FIRST_COMPLETED)
             for fut in done:
@@ -89,14 +118,15 @@ def register_executor(name: str, factory: Callable[..., Executor]) -> None:
     EXECUTORS[name] = factory
 
 
-register_executor("local", lambda workers=1, **_: InlineExecutor() if workers <= 1 else LocalExecutor(workers))
+register_executor("local", lambda workers=1, threads=None, **_: InlineExecutor(threads) if workers <= 1
+                  else LocalExecutor(workers, threads))
 
 
 class _ItemWorker:
     """A Ray actor: a long-lived process whose module-level model caches stay loaded across items."""
 
-    def run(self, fn, item, params):
-        return call_item(fn, item, params)
+    def run(self, fn, item, params, threads):
+        return call_pinned(fn, item, params, threads)
 
 
 class RayExecutor:
@@ -112,7 +142,7 @@ class RayExecutor:
     name = "ray"
 
     def __init__(self, workers: int = 2, address: str | None = None, mode: str = "auto",
-                 gpus_per_worker: float | None = None, **_):
+                 gpus_per_worker: float | None = None, threads: int | None = None, **_):
         try:
             import ray
         except ImportError as exc:
@@ -132,8 +162,9 @@ class RayExecutor:
             raise UsageError(f"ray mode must be auto, tasks or actors, not {mode!r}")
         self.mode = mode
         self.workers = max(1, int(workers))
+        self.threads = threads
         self.gpus_per_worker = (1.0 if gpus else 0.0) if gpus_per_worker is None else gpus_per_worker
-        self._task = ray.remote(num_cpus=1)(call_item)
+        self._task = ray.remote(num_cpus=1)(call_pinned)
         self._actors = None
 
     def _pool(self):
@@ -154,10 +185,10 @@ class RayExecutor:
             while next_i < len(items) and len(pending) < (len(free) if free is not None else 2 * self.workers):
                 if free is not None:
                     actor = free.pop()
-                    ref = actor.run.remote(fn_ref, items[next_i], params_ref)
+                    ref = actor.run.remote(fn_ref, items[next_i], params_ref, self.threads)
                     pending[ref] = (next_i, actor)
                 else:
-                    pending[self._task.remote(fn_ref, items[next_i], params_ref)] = (next_i, None)
+                    pending[self._task.remote(fn_ref, items[next_i], params_ref, self.threads)] = (next_i, None)
                 next_i += 1
             done, _ = ray.wait(list(pending), num_returns=1)
             for ref in done:
@@ -181,6 +212,7 @@ class RayExecutor:
 
 
 register_executor("ray", lambda workers=2, **options: RayExecutor(workers=workers, **options))
+
 
 
 def make_executor(name: str = "local", workers: int = 1, **options) -> Executor:

@@ -181,7 +181,8 @@ class Runner:
             registry.get(name)
         result = BuildResult(str(self.ws.root))
         with self.ws.lock():
-            self._executor = make_executor(self.executor_name, workers=self.workers, **self.executor_options)
+            self._executor = make_executor(self.executor_name, workers=self.workers, threads=self.spec.threads,
+                                           **self.executor_options)
             try:
                 for st in selected:
                     self._build_one(st, force, result, on_error)
@@ -266,7 +267,8 @@ class Runner:
             "models": {role: m.as_record() for role, m in models.items()},
             "timings": {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
                         "seconds": round(seconds, 3)},
-            "executor": {"name": self._executor.name, "workers": self._executor.workers},
+            "executor": {"name": self._executor.name, "workers": self._executor.workers,
+                         "threads": getattr(self._executor, "threads", None)},
             "libraries": _lib_versions(st.libraries),
         }
         atomic_write_json(out / MANIFEST, manifest)

@@ -183,6 +183,8 @@ class SpecBase(Strict):
     opt_out: OptOut = Field(default_factory=OptOut)
     models: Models = Field(default_factory=Models)
     seed: int = Field(0, description="seed for everything random")
+    threads: int = Field(2, ge=1, le=256, description="CPU threads of each item's work, the same under every "
+                         "executor and worker count: float sums depend on it, so builds stay identical")
 
     # Set by load_spec, not by YAML.
     _base_dir: Path = Path(".")
