@@ -193,7 +193,7 @@ class Evaluate(Stage):
         ctx.progress("evaluate: generate", 0, 2)
         with lm.base_only():
             base_out = lm.chat_unlocked(convs, params)
-            base_ppl = {"style": lm_loss_unlocked(lm, style_eval), "memory": lm_loss_unlocked(lm, mem_eval)}
+            base_ppl = {"style": lm.loss(style_eval), "memory": lm.loss(mem_eval)}
         ctx.progress("evaluate: generate", 1, 2)
         twin_out = lm.chat(convs, params)
         twin_ppl = {"style": lm.loss(style_eval), "memory": lm.loss(mem_eval)}
@@ -286,12 +286,6 @@ class Evaluate(Stage):
                 "memory_accuracy_base": per["base"]["memory"]["accuracy"],
                 "style_ppl_twin": per["twin"]["perplexity"]["style"], "style_ppl_base": per["base"]["perplexity"]["style"],
                 "leakage_twin": per["twin"]["leakage"]["rate"], "generations": 2 * len(prompts)}
-
-
-def lm_loss_unlocked(lm, samples):
-    from twin.training import eval_loss, tokenize_sample
-    toks = [t for t in (tokenize_sample(lm.tok, x["messages"], 1024) for x in samples) if t]
-    return eval_loss(lm.model, toks, lm.tok.pad_token_id, lm.batch_size)
 
 
 def _gt(a, b):

@@ -51,7 +51,8 @@ class TwinLM:
         return generate_chat(self.model, self.tok, conversations, params, self.batch_size)
 
     def loss(self, samples: list[dict]) -> Optional[float]:
-        """Mean cross-entropy per assistant token of chat samples (``messages``)."""
+        """Mean cross-entropy per assistant token of chat samples (``messages``); takes no lock, so it
+        also runs inside ``base_only``."""
         from .training import eval_loss, tokenize_sample
         toks = [t for t in (tokenize_sample(self.tok, s["messages"], 1024) for s in samples) if t]
         return eval_loss(self.model, toks, self.tok.pad_token_id, self.batch_size)
