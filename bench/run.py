@@ -13,7 +13,8 @@ HERE = Path(__file__).resolve().parent
 BENCHES = [("Voice pipeline: real-time factor, DER, persona purity, kept speech, WER", ["voice.py", "--sweep"]),
            ("LLM generation: batched against one by one", ["generation.py"]),
            ("LoRA training: packed rows against padded batches", ["training.py"]),
-           ("Serving: adapter loading and requests under load (needs `make demo` first)", ["serve.py"])]
+           ("Serving: adapter loading and requests under load (needs `make demo` first)", ["serve.py"]),
+           ("Scaling: workers, Ray, and 10- against 60-minute inputs", ["scale.py"])]
 
 
 def main() -> int:
