@@ -10,6 +10,7 @@ setup:
 demo: setup
 	.venv/bin/twin build $(SPEC)
 	.venv/bin/twin status $(SPEC)
+	[ "$(SPEC)" != persona_specs/demo.yaml ] || .venv/bin/twin verify twin-work/tamsin-vell/package/tamsin-vell-twin.tar.gz
 
 test: setup
 	.venv/bin/python -m pytest -m "" $(PYTEST_ARGS) tests

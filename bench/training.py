@@ -6,7 +6,8 @@ Post-length data (the demo persona's posts as chat samples), the embedded base m
 (SmolLM2-135M-Instruct, float32, CPU), the same LoRA settings. Each mode runs in its own
 process, one after the other in this run, so each peak RSS is its own. Reports real
 (non-padding) tokens per second, the share of row slots that hold real tokens, and peak
-memory. ``random`` is the naive baseline: padded batches in random order.
+memory. Every mode sees the same samples per optimizer step (a padded batch holds as many samples
+as a packed batch). ``random`` is the naive baseline: padded batches in random order.
 """
 from __future__ import annotations
 
@@ -51,15 +52,19 @@ def one(mode: str, rows: int, max_length: int, steps: int, cache: Path) -> dict:
     src, _ = T.materialize_base(str(gguf), cache)
     tok, model = T.load_base(src, None, "cpu")
     data = samples(tok, max_length)
-    cfg = T.TrainConfig(rank=16, alpha=32, batch_size=rows, max_length=max_length, packing=(mode == "packed"))
+    packed_cfg = T.TrainConfig(batch_size=rows, max_length=max_length, packing=True)
+    # the same tokens per optimizer step in every mode: padded batches hold as many samples as a packed batch
+    per_batch = rows if mode == "packed" else -(-len(data) // len(T.make_batches(data, packed_cfg, 0,
+                                                                                tok.pad_token_id)))
+    cfg = T.TrainConfig(rank=16, alpha=32, batch_size=per_batch, max_length=max_length, packing=(mode == "packed"))
     model = get_peft_model(model, T.lora_config(cfg, "bench", None), adapter_name="style")
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     model.train()
     batches = T.make_batches(data, cfg, 0, tok.pad_token_id)
     if mode == "random":          # padded batches of samples in random order (no length grouping)
         order = np.random.default_rng(0).permutation(len(data))
-        batches = [T.collate_padded([data[i] for i in order[j:j + rows]], tok.pad_token_id)
-                   for j in range(0, len(order), rows)]
+        batches = [T.collate_padded([data[i] for i in order[j:j + per_batch]], tok.pad_token_id)
+                   for j in range(0, len(order), per_batch)]
     tokens = slots = 0
     elapsed = 0.0
     done = 0
@@ -84,7 +89,7 @@ def one(mode: str, rows: int, max_length: int, steps: int, cache: Path) -> dict:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rows", type=int, default=4, help="rows per batch")
+    ap.add_argument("--rows", type=int, default=4, help="packed rows per batch (padded batches hold as many samples)")
     ap.add_argument("--max-length", type=int, default=256)
     ap.add_argument("--steps", type=int, default=6, help="timed steps per mode (after one warm-up step)")
     ap.add_argument("--mode", help=argparse.SUPPRESS)
@@ -104,8 +109,8 @@ def main() -> int:
                 return 1
             results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
     base = next(r for r in results if r["mode"] == "padded")
-    print(f"SmolLM2-135M + LoRA r16, CPU float32, post-length samples, {args.rows} rows/batch, "
-          f"max length {args.max_length}, {args.steps} timed steps each\n")
+    print(f"SmolLM2-135M + LoRA r16, CPU float32, post-length samples; packed: {args.rows} rows of "
+          f"{args.max_length} tokens per batch, padded: as many samples per batch; {args.steps} timed steps each\n")
     print("| mode | batches/epoch | real tokens in row slots | tokens/s | vs padded | peak RSS GB | vs padded |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     names = {"packed": "packed rows", "padded": "padded, length-grouped", "random": "padded, random order"}
