@@ -307,6 +307,9 @@ def save_adapter(model, adapter: str, target: Path, base_id: str, revision: Opti
     cfg = json.loads(cfg_path.read_text())
     cfg["base_model_name_or_path"] = base_id
     cfg["revision"] = revision
+    for key in ("target_modules", "exclude_modules"):      # sets in peft: their order follows the hash seed
+        if isinstance(cfg.get(key), list):
+            cfg[key] = sorted(cfg[key])
     cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
     if target.exists():
         shutil.rmtree(target)
