@@ -136,4 +136,4 @@ def test_two_workers_give_the_same_outputs_as_one(spec_dir, tmp_path):
     assert one.returncode == 0 and two.returncode == 0, two.stderr
     m1, m2 = read_manifest(tmp_path / "w1" / "fetch"), read_manifest(tmp_path / "w2" / "fetch")
     assert m1["output_hash"] == m2["output_hash"]
-    assert m2["executor"] == {"name": "local", "workers": 2}
+    assert m2["executor"] == {"name": "local", "workers": 2, "threads": 2}
