@@ -17,6 +17,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -86,9 +87,10 @@ def main() -> int:
         print(f"| {label} | {sec:.2f} | {sec / rows[0][1]:.2f}x |")
 
     env = {**os.environ, "TWIN_API_KEY": "bench"}
+    log = tempfile.NamedTemporaryFile("w", prefix="twin-serve-bench-", suffix=".log", delete=False)
     server = subprocess.Popen([str(Path(sys.executable).parent / "twin"), "-q", "serve", str(art), "--port", "0",
                                "--device", "cpu", "--max-tokens", str(args.tokens)], stdout=subprocess.PIPE,
-                              stderr=subprocess.DEVNULL, text=True, env=env)
+                              stderr=log, text=True, env=env)
     try:
         line = server.stdout.readline()
         url = line.split(" on ")[1].split()[0]
@@ -98,7 +100,7 @@ def main() -> int:
                                    "--concurrency", str(conc), "--tokens", str(args.tokens)],
                                   capture_output=True, text=True)
             if proc.returncode:
-                print(proc.stderr, file=sys.stderr)
+                print(proc.stderr, f"server log: {log.name}", file=sys.stderr)
                 return 1
             results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
     finally:

@@ -190,6 +190,21 @@ def test_openai_client_chat_and_stream(server):
     assert len(pieces) >= 3 and "".join(pieces).strip() == text.strip()    # greedy: same text, streamed
 
 
+def test_concurrent_requests_are_all_answered(server):
+    """Requests from several threads at once (the tokenizer is shared and not thread-safe)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import openai
+    client = openai.OpenAI(base_url=server, api_key="s3cret-token", max_retries=0)
+
+    def ask(i):
+        return client.chat.completions.create(model="tiny-twin", max_tokens=8,
+                                              messages=[{"role": "user", "content": f"Question {i}?"}])
+    with ThreadPoolExecutor(4) as pool:
+        replies = list(pool.map(ask, range(8)))
+    assert all(r.choices[0].message.content.startswith("[This is a synthetic") for r in replies)
+
+
 def test_bad_token_and_oversized_request_are_refused(server):
     import openai
     bad = openai.OpenAI(base_url=server, api_key="wrong", max_retries=0)

@@ -58,4 +58,6 @@ class TwinLM:
         return eval_loss(self.model, toks, self.tok.pad_token_id, self.batch_size)
 
     def count_tokens(self, text: str) -> int:
-        return len(self.tok(text, add_special_tokens=False)["input_ids"])
+        # the fast tokenizer is not thread-safe ("Already borrowed" under concurrent requests): take the lock
+        with self.lock:
+            return len(self.tok(text, add_special_tokens=False)["input_ids"])
