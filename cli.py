@@ -360,10 +360,10 @@ def serve_cmd(artifact, host, port, base, adapter, token_env, open_access, max_r
     click.echo(f"serving the twin of {twin_model.name} as {cfg.model_name!r} on http://{h}:{p}/v1 "
                f"({'open, loopback only' if open_access else 'bearer token required'})", err=False)
     sys.stdout.flush()
+    import contextlib
     try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
+        with contextlib.suppress(KeyboardInterrupt):   # Ctrl-C is how a server is stopped
+            server.serve_forever()
     finally:
         server.server_close()
 

@@ -18,6 +18,7 @@ voice reference clips and the voice dataset stay out unless ``include_voice`` is
 from __future__ import annotations
 
 import shutil
+from collections import Counter
 from pathlib import Path
 from typing import Optional
 
@@ -27,6 +28,7 @@ from twin.artifact import MANIFEST, SCHEMA_VERSION, default_disclosure, file_lis
 from twin.cache import atomic_write_json, atomic_write_text, canonical_json, hash_file, read_json, read_jsonl, \
     read_manifest
 from twin.errors import StageError
+from twin import registry
 from twin.registry import register
 from twin.spec import Strict
 from twin.stage import Stage
@@ -158,9 +160,8 @@ class Package(Stage):
             ef = spec.resolve_path(spec.consent.evidence_file)
             consent["evidence_file"] = {"name": ef.name, "sha256": hash_file(ef)}
         cache_keys = {}
-        for st in ("fetch", "separate", "diarize", "identify", "qualify", "transcribe", "voiceset", "style_data",
-                   "memory_data", "train", "evaluate"):
-            man = read_manifest(ctx.input("train").parent / st)
+        for st in registry.names():
+            man = read_manifest(ctx.input("train").parent / st) if st != self.name else None
             if man:
                 cache_keys[st] = {"fingerprint": man["fingerprint"], "output_hash": man["output_hash"]}
         metrics = read_json(ev / "metrics.json")
@@ -179,7 +180,8 @@ class Package(Stage):
                         "twin_better": metrics["twin_better"], "train_eval_loss": tm["eval_loss"]},
             "provenance": {"path": "provenance.jsonl", "items": len(prov),
                            "ok": sum(1 for r in prov if r.get("status") == "ok"),
-                           "by_kind": _count(r.get("kind") for r in prov)},
+                           "by_kind": dict(sorted(Counter(r.get("kind") for r in prov).items(),
+                                                  key=lambda kv: str(kv[0])))},
             "tool_versions": _lib_versions(("torch", "transformers", "peft", "accelerate", "whisperx",
                                             "pyannote.audio", "demucs", "sentence-transformers")),
             "spec": "spec.resolved.json",
@@ -213,9 +215,3 @@ def _copy(src: Path, dst: Path) -> None:
     dst.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(src, dst)
 
-
-def _count(items) -> dict:
-    out: dict = {}
-    for i in items:
-        out[i] = out.get(i, 0) + 1
-    return dict(sorted(out.items(), key=lambda kv: str(kv[0])))

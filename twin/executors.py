@@ -7,6 +7,7 @@ caller (``StageContext.map``) journals results and restores the input order.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import traceback
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -33,11 +34,9 @@ def pin_threads(threads: int | None) -> None:
         return
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[var] = str(threads)
-    try:   # BLAS pools already started (numpy imported by a Ray worker at start-up) follow too
+    with contextlib.suppress(ImportError):   # BLAS pools already started (numpy imported by a Ray worker) follow too
         from threadpoolctl import threadpool_limits
         threadpool_limits(threads)
-    except ImportError:
-        pass
     try:
         import torch
     except ImportError:

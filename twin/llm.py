@@ -83,24 +83,12 @@ class TransformersLLM:
     def _load(self):
         if self._model is not None:
             return
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        from .models import device as pick_device, dtype as pick_dtype
-        path = Path(self.ref)
-        source = self.ref
-        if path.suffix == ".gguf" and path.is_file():
-            source = str(gguf_to_safetensors(path, self.cache_dir))
+        from .models import device as pick_device
+        from .training import load_base, materialize_base
+        source, revision = materialize_base(self.ref, self.cache_dir)
         dev = self._device or pick_device()
-        tok = AutoTokenizer.from_pretrained(source)
-        tok.padding_side = "left"
-        if tok.pad_token is None:
-            tok.pad_token = tok.eos_token
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=pick_dtype(dev))
-        model.to(dev).eval()
-        if getattr(tok, "chat_template", None) is None:
-            raise UsageError(f"model {self.ref!r} has no chat template; use an instruct/chat model")
-        self._tok, self._model, self._dev = tok, model, dev
+        tok, model = load_base(source, revision, dev)      # one loader for training, evaluation and generation
+        self._tok, self._model, self._dev = tok, model.eval(), dev
 
     def chat(self, conversations: list[Conversation], params: GenParams) -> list[str]:
         with self._lock:
