@@ -95,17 +95,16 @@ def run(workspace: Path, sweep: bool) -> str:
         lines += ["", "clustering threshold sensitivity (same embeddings):", "",
                   "| threshold | " + " | ".join(f"{v['title']} DER (speakers)" for v in videos) + " |",
                   "|---:|" + "---:|" * len(videos)]
-        import soundfile as sf
-
         from stages.diarize import Settings, global_speakers, local_speakers
+        from twin.audio import Recording
         from twin.models import resolve
         seg, enc = resolve("segmentation", spec).location, resolve("speaker_embedding", spec).location
         sep = {r["id"]: r for r in read_jsonl(workspace / "separate" / "separation.jsonl")}
         locals_ = {}
         for v in videos:
-            audio = sf.read(workspace / "separate" / sep[v["id"]]["vocals"], dtype="float32")[0]
-            resid = sf.read(workspace / "separate" / sep[v["id"]]["residual"], dtype="float32")[0]
-            locals_[v["id"]] = (local_speakers(audio, resid, seg, enc, Settings().model_dump()), len(audio) / 16000)
+            with Recording(workspace / "separate" / sep[v["id"]]["vocals"]) as audio, \
+                    Recording(workspace / "separate" / sep[v["id"]]["residual"]) as resid:
+                locals_[v["id"]] = (local_speakers(audio, resid, seg, enc, Settings().model_dump()), audio.duration)
         for th in (0.15, 0.18, 0.20, 0.22, 0.25, 0.30, 0.35):
             cells = []
             for v in videos:

@@ -16,6 +16,7 @@ identify reads.
 from __future__ import annotations
 
 import json
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Optional
 
@@ -30,6 +31,8 @@ from twin.spec import Strict
 from twin.stage import Stage
 
 RATE = 16000
+INFERENCE_BATCH = 16
+BLOCK_CHUNKS = 20 * INFERENCE_BATCH   # windows per block read: 320 s at the default step
 
 
 class Settings(Strict):
@@ -140,70 +143,84 @@ def _hysteresis(score: np.ndarray, onset: float, offset: float) -> np.ndarray:
     return out
 
 
-def diarize_embedded(audio: np.ndarray, residual: Optional[np.ndarray], seg_model_path: str, enc_weights: str,
-                     s: dict) -> tuple[list, list]:
-    """(segments, speakers) for one 16 kHz mono recording (its vocals, and the separation residual)."""
-    local = local_speakers(audio, residual, seg_model_path, enc_weights, s)
-    return global_speakers(local, len(audio) / RATE, s)
+def diarize_embedded(vocals, residual, seg_model_path: str, enc_weights: str, s: dict) -> tuple[list, list]:
+    """(segments, speakers) for one 16 kHz mono recording: its vocals and the separation residual,
+    each a path (streamed) or an array."""
+    from twin.audio import Recording
+    with Recording(vocals) as voc, Recording(residual) if residual is not None else nullcontext() as res:
+        local = local_speakers(voc, res, seg_model_path, enc_weights, s)
+        return global_speakers(local, voc.duration, s)
 
 
-def local_speakers(audio: np.ndarray, residual: Optional[np.ndarray], seg_model_path: str, enc_weights: str,
-                   s: dict) -> dict:
+def local_speakers(audio, residual, seg_model_path: str, enc_weights: str, s: dict) -> dict:
     """Segmentation scores per window, and an embedding per (window, local speaker) with solo speech.
+
+    ``audio`` and ``residual`` are ``twin.audio.Recording``s, read block by block: a block holds
+    ``BLOCK_CHUNKS`` windows, a multiple of the inference batch, and blocks start on window
+    boundaries, so the windows, their batches and hence the scores are those of one pass over
+    the whole recording, while memory holds one block of audio at a time.
 
     Each embedding carries the SNR of its speech (vocals over residual energy): embeddings of
     noisy or music-covered speech are unreliable, so they may join a speaker but not found one.
     """
     import torch
     from pyannote.audio import Inference
+    from pyannote.core import SlidingWindow
 
     from twin.speaker import embed, segmentation_model
     model = segmentation_model(seg_model_path, "cpu")
-    duration = len(audio) / RATE
     win = float(model.specifications.duration)
-    inference = Inference(model, duration=win, step=min(s["step"], win / 2), skip_aggregation=True,
-                          batch_size=16, device=torch.device("cpu"))
-    if duration < win:
-        audio = np.pad(audio, (0, int(win * RATE) - len(audio) + 1))
-    waveform = torch.from_numpy(audio[None, :].astype(np.float32))
-    scores = inference({"waveform": waveform, "sample_rate": RATE})
-    data = scores.data                                    # (chunks, frames, local speakers)
-    chunks = scores.sliding_window
+    step = min(s["step"], win / 2)
+    inference = Inference(model, duration=win, step=step, skip_aggregation=True,
+                          batch_size=INFERENCE_BATCH, device=torch.device("cpu"))
+    n_win, n_step = round(win * RATE), round(step * RATE)
+    n_full = max(1, (audio.frames - n_win) // n_step + 1) if audio.frames >= n_win else 1
+    chunks = SlidingWindow(start=0.0, duration=win, step=step)
     frames = model.receptive_field                         # frame timing inside a chunk
-    n_chunks, n_frames, n_local = data.shape
     frame_step = frames.step
-    active = data > s["onset"]
-
-    # one embedding per (chunk, local speaker) with enough solo speech
-    keys, embs, snrs, weaks = [], [], [], []
-    for c in range(n_chunks):
-        c_start = chunks[c].start
-        solo = active[c] & (active[c].sum(axis=1, keepdims=True) == 1)
-        for k in range(n_local):
-            weak = False
-            mask = solo[:, k]
-            if mask.sum() * frame_step < s["min_embed_seconds"]:
-                # Too little solo speech (a short interjection, mostly overlapped): embed all of
-                # its speech; such an embedding may join a speaker but never found one.
-                mask = active[c][:, k]
-                weak = True
-                if mask.sum() * frame_step < s["min_duration_on"]:
+    blocks, keys, embs, snrs, weaks = [], [], [], [], []
+    for c0 in range(0, n_full, BLOCK_CHUNKS):
+        c1 = min(c0 + BLOCK_CHUNKS, n_full)
+        offset = c0 * n_step
+        # the last block reads to the end: pyannote adds the final, partial window itself
+        piece = audio.read(offset, (c1 - 1) * n_step + n_win if c1 < n_full else audio.frames)
+        if len(piece) < n_win:
+            piece = np.pad(piece, (0, n_win - len(piece) + 1))
+        noise_piece = residual.read(offset, offset + len(piece)) if residual is not None else None
+        data = inference({"waveform": torch.from_numpy(piece[None, :].astype(np.float32)),
+                          "sample_rate": RATE}).data    # (chunks, frames, local speakers)
+        blocks.append(data)
+        active = data > s["onset"]
+        # one embedding per (chunk, local speaker) with enough solo speech
+        for lc in range(data.shape[0]):
+            c = c0 + lc
+            c_start = chunks[c].start
+            solo = active[lc] & (active[lc].sum(axis=1, keepdims=True) == 1)
+            for k in range(data.shape[2]):
+                weak = False
+                mask = solo[:, k]
+                if mask.sum() * frame_step < s["min_embed_seconds"]:
+                    # Too little solo speech (a short interjection, mostly overlapped): embed all of
+                    # its speech; such an embedding may join a speaker but never found one.
+                    mask = active[lc][:, k]
+                    weak = True
+                    if mask.sum() * frame_step < s["min_duration_on"]:
+                        continue
+                spans = [(int((c_start + frames[int(a)].start) * RATE) - offset,
+                          int((c_start + frames[int(b) - 1].end) * RATE) - offset) for a, b in _runs(mask)]
+                clip = np.concatenate([piece[i:j] for i, j in spans])
+                if len(clip) < (0.2 if weak else 0.5) * RATE:
                     continue
-            spans = [(int((c_start + frames[int(a)].start) * RATE), int((c_start + frames[int(b) - 1].end) * RATE))
-                     for a, b in _runs(mask)]
-            clip = np.concatenate([audio[i:j] for i, j in spans])
-            if len(clip) < (0.2 if weak else 0.5) * RATE:
-                continue
-            keys.append((c, k))
-            embs.append(embed(clip, enc_weights))
-            weaks.append(weak)
-            if residual is not None:
-                noise = np.concatenate([residual[i:j] for i, j in spans]).astype(np.float64)
-                snr = 10 * np.log10((np.sum(clip.astype(np.float64) ** 2) + 1e-9) / (np.sum(noise ** 2) + 1e-9))
-            else:
-                snr = 99.0
-            snrs.append(min(float(snr), 99.0))
-    return {"data": data, "chunks": chunks, "frames": frames, "keys": keys, "snr": np.array(snrs),
+                keys.append((c, k))
+                embs.append(embed(clip, enc_weights))
+                weaks.append(weak)
+                if noise_piece is not None:
+                    noise = np.concatenate([noise_piece[i:j] for i, j in spans]).astype(np.float64)
+                    snr = 10 * np.log10((np.sum(clip.astype(np.float64) ** 2) + 1e-9) / (np.sum(noise ** 2) + 1e-9))
+                else:
+                    snr = 99.0
+                snrs.append(min(float(snr), 99.0))
+    return {"data": np.concatenate(blocks), "chunks": chunks, "frames": frames, "keys": keys, "snr": np.array(snrs),
             "weak": np.array(weaks, dtype=bool),
             "emb": np.stack(embs) if embs else np.zeros((0, 256), dtype=np.float32)}
 
@@ -333,16 +350,12 @@ def diarize_pyannote(wav: str, pipeline_ref: str, token: Optional[str], s: dict,
 # ----------------------------------------------------------------- per recording
 
 def diarize_recording(item: dict, params: dict) -> dict:
-    import soundfile as sf
-    audio, rate = sf.read(item["vocals"], dtype="float32")
-    if rate != RATE:
-        raise StageError("diarize", f"{item['vocals']}: expected {RATE} Hz audio, got {rate}")
-    residual = sf.read(item["residual"], dtype="float32")[0] if item.get("residual") else None
     if params["backend"] == "pyannote":
         segments, speakers = diarize_pyannote(item["vocals"], params["pipeline"], params.get("token"),
                                               params["settings"], params["device"])
     else:
-        segments, speakers = diarize_embedded(audio, residual, params["segmentation"], params["speaker_embedding"],
+        segments, speakers = diarize_embedded(item["vocals"], item.get("residual"), params["segmentation"],
+                                              params["speaker_embedding"],
                                               params["settings"])
     out = Path(params["out"])
     atomic_write_text(out / f"{item['id']}.rttm",

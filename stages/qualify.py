@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 from pydantic import Field, model_validator
 
+from twin.audio import Recording
 from twin.cache import atomic_write_jsonl, read_jsonl
 from twin.errors import StageError
 from twin.registry import register
@@ -64,8 +65,9 @@ def silence_mask(x: np.ndarray, hop: int = 160) -> np.ndarray:
     return e < max(speech_level * 0.1, 10 ** (-40 / 20) * speech_level, 1e-5)
 
 
-def cut_clips(turns: list[tuple[float, float]], audio: np.ndarray, s: dict, others: list[tuple[float, float]]):
-    """Persona turns → clip spans (start, end) in seconds."""
+def cut_clips(turns: list[tuple[float, float]], audio, s: dict, others: list[tuple[float, float]]):
+    """Persona turns → clip spans (start, end) in seconds. ``audio``: a ``twin.audio.Recording``
+    (only the turns are read)."""
     # merge across short pauses with no other speaker inside
     merged: list[list[float]] = []
     for a, b in sorted(turns):
@@ -77,7 +79,7 @@ def cut_clips(turns: list[tuple[float, float]], audio: np.ndarray, s: dict, othe
     hop = 160
     spans = []
     for a, b in merged:
-        seg = audio[int(a * RATE): int(b * RATE)]
+        seg = audio.read(int(a * RATE), int(b * RATE))
         sil = silence_mask(seg, hop)
         # trim to speech
         speech = np.nonzero(~sil)[0]
@@ -115,55 +117,57 @@ def qualify_recording(item: dict, params: dict) -> dict:
     from twin.quality import (clipping_ratio, dnsmos, loudness_lufs, normalise_loudness, stem_snr,
                               wada_snr)
     s = params["settings"]
-    mixture = sf.read(item["mixture"], dtype="float32")[0]
-    vocals = sf.read(item["vocals"], dtype="float32")[0]
-    residual = sf.read(item["residual"], dtype="float32")[0]
     source = item["audio_source"]
-    audio = vocals if source == "vocals" else mixture
     turns = [(x["start"], x["end"]) for x in item["persona"]]
     others = [(x["start"], x["end"]) for x in item["others"]]
     out = Path(params["out"])
     clips = []
-    for n, (a, b) in enumerate(cut_clips(turns, audio, s, others)):
-        i, j = int(a * RATE), int(b * RATE)
-        x = audio[i:j]
-        overlap = sum(max(0.0, min(b + s["overlap_margin"], ob) - max(a - s["overlap_margin"], oa))
-                      for oa, ob in others)
-        snr_stem = stem_snr(vocals[i:j], residual[i:j]) if item["stems_trusted"] else None
-        snr_blind = wada_snr(mixture[i:j])
-        snr = snr_stem if snr_stem is not None else snr_blind
-        dur = (j - i) / RATE
-        mos = dnsmos(x) if dur >= 1.0 else {"sig": None, "bak": None, "ovrl": None, "p808": None}
-        clip = {"id": f"{item['id']}-{n:04d}", "recording": item["id"], "start": round(a, 3), "end": round(b, 3),
-                "duration": round(dur, 3), "snr_db": round(snr, 2) if np.isfinite(snr) else None,
-                "snr_stem_db": round(snr_stem, 2) if snr_stem is not None else None,
-                "wada_snr_db": round(snr_blind, 2) if np.isfinite(snr_blind) else None,
-                "dnsmos": mos, "overlap_seconds": round(overlap, 3), "clipping": round(clipping_ratio(mixture[i:j]), 5),
-                "lufs": round(loudness_lufs(x), 2) if dur >= 0.4 else None, "audio_source": source}
-        reasons = []
-        if dur < s["min_seconds"]:
-            reasons.append("too short")
-        if dur > s["max_seconds"]:
-            reasons.append("too long (no pause to split at)")
-        if overlap > 0:
-            reasons.append("overlaps another speaker")
-        if clip["snr_db"] is None or clip["snr_db"] < s["min_snr_db"]:
-            reasons.append("low SNR")
-        if mos["ovrl"] is None or mos["ovrl"] < s["min_dnsmos"]:
-            reasons.append("low DNSMOS")
-        if clip["clipping"] > s["max_clipping"]:
-            reasons.append("clipped")
-        clip["kept"] = not reasons
-        clip["reasons"] = reasons
-        if clip["kept"]:
-            y = normalise_loudness(x, s["target_lufs"])
-            path = out / "clips" / f"{clip['id']}.wav"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(".tmp-" + path.name)
-            sf.write(str(tmp), y, RATE, subtype="PCM_16")
-            tmp.replace(path)
-            clip["path"] = f"clips/{clip['id']}.wav"
-        clips.append(clip)
+    # streamed: only the persona's turns and clips are read, never the whole recording
+    with Recording(item["mixture"]) as mixture_rec, Recording(item["vocals"]) as vocals_rec, \
+            Recording(item["residual"]) as residual_rec:
+        audio_rec = vocals_rec if source == "vocals" else mixture_rec
+        for n, (a, b) in enumerate(cut_clips(turns, audio_rec, s, others)):
+            i, j = int(a * RATE), int(b * RATE)
+            x, mixture = audio_rec.read(i, j), mixture_rec.read(i, j)
+            overlap = sum(max(0.0, min(b + s["overlap_margin"], ob) - max(a - s["overlap_margin"], oa))
+                          for oa, ob in others)
+            snr_stem = stem_snr(vocals_rec.read(i, j), residual_rec.read(i, j)) if item["stems_trusted"] else None
+            snr_blind = wada_snr(mixture)
+            snr = snr_stem if snr_stem is not None else snr_blind
+            dur = len(x) / RATE
+            mos = dnsmos(x) if dur >= 1.0 else {"sig": None, "bak": None, "ovrl": None, "p808": None}
+            clip = {"id": f"{item['id']}-{n:04d}", "recording": item["id"], "start": round(a, 3),
+                    "end": round(b, 3), "duration": round(dur, 3),
+                    "snr_db": round(snr, 2) if np.isfinite(snr) else None,
+                    "snr_stem_db": round(snr_stem, 2) if snr_stem is not None else None,
+                    "wada_snr_db": round(snr_blind, 2) if np.isfinite(snr_blind) else None,
+                    "dnsmos": mos, "overlap_seconds": round(overlap, 3),
+                    "clipping": round(clipping_ratio(mixture), 5),
+                    "lufs": round(loudness_lufs(x), 2) if dur >= 0.4 else None, "audio_source": source}
+            reasons = []
+            if dur < s["min_seconds"]:
+                reasons.append("too short")
+            if dur > s["max_seconds"]:
+                reasons.append("too long (no pause to split at)")
+            if overlap > 0:
+                reasons.append("overlaps another speaker")
+            if clip["snr_db"] is None or clip["snr_db"] < s["min_snr_db"]:
+                reasons.append("low SNR")
+            if mos["ovrl"] is None or mos["ovrl"] < s["min_dnsmos"]:
+                reasons.append("low DNSMOS")
+            if clip["clipping"] > s["max_clipping"]:
+                reasons.append("clipped")
+            clip["kept"] = not reasons
+            clip["reasons"] = reasons
+            if clip["kept"]:
+                y = normalise_loudness(x, s["target_lufs"])
+                path = out / "clips" / f"{clip['id']}.wav"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_name(".tmp-" + path.name)
+                sf.write(str(tmp), y, RATE, subtype="PCM_16")
+                tmp.replace(path)
+                clip["path"] = f"clips/{clip['id']}.wav"
+            clips.append(clip)
     return {"clips": clips}
 
 

@@ -1,6 +1,8 @@
 """transcribe: text for every kept clip, with whisperx.
 
-Batched faster-whisper with whisperx's VAD; word alignment where an alignment model is
+Batched faster-whisper with whisperx's VAD, each clip padded with a little silence (tight
+clips lose their first words) and read after a prompt of the person's names and the names their
+written material keeps using (so "Port Ardley" is not heard as "port hardly"); word alignment where an alignment model is
 available (``align_model``; none is shipped offline, so the embedded profile skips it and says
 so); the language detected (multilingual models) and filtered; confidence filters that catch
 hallucination: segments' mean log-probability, and characters per second far from the other
@@ -38,12 +40,19 @@ class Settings(Strict):
     min_cps: float = Field(4.0, ge=0, description="reject clips with fewer characters per second")
     max_cps: float = Field(25.0, gt=0, description="reject clips with more characters per second")
     cps_mad: float = Field(4.0, gt=0, description="reject clips this many MADs from the median characters/second")
+    prompt: str = Field("auto", description="text the ASR model reads before each clip, to spell names as the "
+                                            "person does: auto = the person's names and the names their written "
+                                            "material keeps using; none; or the prompt itself")
+    prompt_terms: int = Field(24, ge=1, le=100, description="auto prompt: at most this many names")
+    pad_seconds: float = Field(0.5, ge=0, le=5, description="silence added around a clip for the ASR model only "
+                                                          "(tight clips lose their first words)")
     context_gap: float = Field(3.0, ge=0, description="also transcribe another speaker's turn ending this close "
                                                       "before a clip (the question it answers); 0 disables")
 
 
 @lru_cache(maxsize=2)
-def asr_model(location: str, device: str, compute_type: str, language: Optional[str], beam_size: int):
+def asr_model(location: str, device: str, compute_type: str, language: Optional[str], beam_size: int,
+              prompt: Optional[str] = None):
     import warnings
 
     from twin.models import quiet_libraries
@@ -52,7 +61,8 @@ def asr_model(location: str, device: str, compute_type: str, language: Optional[
         import whisperx
         quiet_libraries()
         return whisperx.load_model(location, device, compute_type=compute_type, language=language,
-                                   asr_options={"beam_size": beam_size}, vad_method="pyannote")
+                                   asr_options={"beam_size": beam_size, "initial_prompt": prompt},
+                                   vad_method="pyannote")
 
 
 @lru_cache(maxsize=2)
@@ -89,7 +99,10 @@ def transcribe_clips(item: dict, params: dict) -> dict:
     import soundfile as sf
     s = params["settings"]
     lang = params["language"]
-    model = asr_model(params["asr"], params["device"], params["compute_type"], lang, s["beam_size"])
+    model = asr_model(params["asr"], params["device"], params["compute_type"], lang, s["beam_size"],
+                      params["prompt"])
+    pad = np.zeros(int(s["pad_seconds"] * RATE), dtype=np.float32)
+    shift = len(pad) / RATE
     aligner, align_error = None, None
     if params["align"] != "none":
         try:
@@ -99,8 +112,9 @@ def transcribe_clips(item: dict, params: dict) -> dict:
     rows = []
     for clip in item["clips"]:
         audio = sf.read(clip["path"], dtype="float32")[0]
-        result = model.transcribe(audio, batch_size=s["batch_size"], language=lang)
-        segs = result.get("segments", [])
+        result = model.transcribe(np.concatenate([pad, audio, pad]), batch_size=s["batch_size"], language=lang)
+        segs = [{**x, "start": min(max(x["start"] - shift, 0.0), clip["duration"]),
+                 "end": min(max(x["end"] - shift, 0.0), clip["duration"])} for x in result.get("segments", [])]
         language = result.get("language") or lang
         words = None
         if aligner is not None and segs:
@@ -158,8 +172,9 @@ class Transcribe(Stage):
         self._attach_context(ctx, clips)
         media = {v["id"]: str(ctx.input("fetch") / v["path"]) for v in read_jsonl(ctx.input("fetch") / "videos.jsonl")}
         items = [{"id": rec, "clips": cs, "mixture": media[rec]} for rec, cs in sorted(by_rec.items())]
+        prompt = self._prompt(ctx)
         params = {"asr": asr.location, "device": dev, "compute_type": compute_type(dev), "language": language,
-                  "align": align, "settings": s.model_dump()}
+                  "align": align, "settings": s.model_dump(), "prompt": prompt}
         results = ctx.map(transcribe_clips, items, key=lambda it: it["id"], params=params, step="transcribe")
         if items and not any(ok for _, ok, _ in results):
             raise StageError(self.name, f"no clip could be transcribed: {ctx.failures[0]['reason']}")
@@ -191,7 +206,7 @@ class Transcribe(Stage):
         atomic_write_jsonl(ctx.out / "transcripts.jsonl", rows)
         kept = [r for r in rows if r["kept"]]
         agreement = [r["subtitle_wer"] for r in rows if r.get("subtitle_wer") is not None]
-        return {"clips": len(rows), "kept": len(kept), "alignment": align,
+        return {"clips": len(rows), "kept": len(kept), "alignment": align, "prompt": prompt,
                 "median_chars_per_second": round(med, 2),
                 "subtitle_wer_mean": round(float(np.mean(agreement)), 4) if agreement else None}
 
@@ -219,6 +234,22 @@ class Transcribe(Stage):
             start = max(start, last["end"] - 30.0)
             c["context"] = {"start": round(start, 3), "end": round(min(last["end"], c["start"]), 3),
                             "speaker": last["speaker"]}
+
+    def _prompt(self, ctx) -> Optional[str]:
+        """The ASR prompt: the person's names, then the names their own written material (facts and
+        posts from fetch) keeps using — places, people, organisations the model would misspell."""
+        p = ctx.settings.prompt.strip()
+        if p.lower() == "none" or not p:
+            return None
+        if p.lower() != "auto":
+            return p
+        from twin.text import vocabulary
+        texts = [sec["text"] for f in read_jsonl(ctx.input("fetch") / "facts.jsonl") for sec in f["sections"]] \
+            if (ctx.input("fetch") / "facts.jsonl").exists() else []
+        if (ctx.input("fetch") / "posts.jsonl").exists():
+            texts += [x["text"] for x in read_jsonl(ctx.input("fetch") / "posts.jsonl")]
+        names = [ctx.spec.name, *ctx.spec.aliases]
+        return ", ".join(vocabulary(texts, names, ctx.settings.prompt_terms)) + "."
 
     def _subtitles(self, ctx) -> dict[str, Path]:
         out = {}

@@ -103,6 +103,35 @@ def test_block_processing_reconstructs_and_crossfades(tmp_path):
     assert abs(stats["snr_db"]) < 0.1
 
 
+def test_diarization_streams_blocks_and_matches_one_pass(tmp_path, monkeypatch):
+    """A recording read in blocks of 16 windows gives exactly the segments and speakers of one pass,
+    and no read is longer than one block: memory does not grow with the recording."""
+    import stages.diarize as diarize
+    from twin.audio import Recording, to_wav
+    from twin.models import resolve
+    from twin.spec import load_spec
+    spec = load_spec(DEMO.parent / "demo.yaml")
+    seg, enc = resolve("segmentation", spec).location, resolve("speaker_embedding", spec).location
+    wav = to_wav(DEMO / "panel.ogg", tmp_path / "panel.wav")
+    s = spec.stages.diarize.model_dump()
+    reads = []
+    real_read = Recording.read
+
+    def read(self, i, j):
+        out = real_read(self, i, j)
+        reads.append(len(out))
+        return out
+    monkeypatch.setattr(Recording, "read", read)
+    monkeypatch.setattr(diarize, "BLOCK_CHUNKS", 16)
+    blocked = diarize.diarize_embedded(str(wav), None, seg, enc, s)
+    longest = max(reads)
+    monkeypatch.setattr(diarize, "BLOCK_CHUNKS", 10_000)
+    whole = diarize.diarize_embedded(str(wav), None, seg, enc, s)
+    assert blocked == whole and len(whole[1]) >= 2
+    win = 5.0
+    assert longest <= int((15 * s["step"] + win) * 16000) + 1 < sf.info(str(wav)).frames / 2
+
+
 def _tiny_demucs(path):
     import torch
     from demucs.htdemucs import HTDemucs

@@ -85,3 +85,14 @@ def test_llm_answers_are_checked_retried_then_replaced(tmp_path, tiny_model):
     assert all(p["model"] for p in facts if p["answer_method"] == "llm")
     assert read_json(out / "stats.json")["llm"].startswith("local:")
     assert "I was born in 1990" in " ".join(p["messages"][2]["content"] for p in facts)
+
+
+def test_asr_vocabulary_puts_the_persona_first_then_recurring_names():
+    from twin.text import vocabulary
+    texts = ["Tamsin Vell grew up in Port Ardley. She studied at the University of Aberdeen.",
+             "Honestly, the ferry to Port Ardley was late again.\nWe met Callum Reid at the harbour.",
+             "Port Ardley is small."]
+    words = vocabulary(texts, ["Tamsin Vell", "Vell"], limit=4)
+    assert words == ["Tamsin Vell", "Vell", "Port Ardley", "University of Aberdeen"]
+    assert "Honestly" not in vocabulary(texts, ["Tamsin Vell"], limit=20)      # a sentence opener, not a name
+

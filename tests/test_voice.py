@@ -47,10 +47,10 @@ def test_kept_clips_are_clean_solo_persona_speech(demo_build):
 
 
 def test_transcripts_against_the_script(demo_build):
-    """WER of kept transcripts with the embedded tiny.en model. Measured 0.24 on espeak's voice on
-    2026-11-22 and 0.32 on 2026-11-23 with the same kept clips and the same twin code (ctranslate2 4.8.5,
-    faster-whisper 1.2.1: the ASR stack is not pinned below whisperx); this guards against regressions
-    of our own (the 0.15 bar of issue 5 is not met by tiny.en here)."""
+    """WER of kept transcripts with the embedded tiny.en model: 0.32 with bare clips, 0.21 since each clip
+    is padded with silence and read after the persona's vocabulary prompt (2026-11-23; ctranslate2 4.8.5,
+    faster-whisper 1.2.1). This guards against regressions of our own; the 0.15 bar of issue 5 is not met
+    by tiny.en on espeak's voice here."""
     ws, _ = demo_build
     titles = _titles(ws)
     refs, hyps = [], []
@@ -62,7 +62,7 @@ def test_transcripts_against_the_script(demo_build):
                                             and t["start"] < r["end"] and t["end"] > r["start"])))
         hyps.append(normalise_text(r["text"]))
     assert len(refs) >= 5
-    assert jiwer.wer(refs, hyps) <= 0.35
+    assert jiwer.wer(refs, hyps) <= 0.28
 
 
 def test_exports_read_back_by_independent_readers(demo_build):

@@ -57,3 +57,56 @@ def wav_duration(path: str | Path) -> float:
     import soundfile as sf
     info = sf.info(str(path))
     return info.frames / float(info.samplerate)
+
+
+class Recording:
+    """Random access to a mono recording (a file, or an array) without loading it whole.
+
+    ``read(i, j)`` returns samples ``[i, j)`` as float32, clamped to the recording; a file stays
+    open for the life of the object (use it as a context manager). Stages that walk long
+    recordings read the spans they need, so their memory does not grow with the input's length.
+    """
+
+    def __init__(self, src, rate: int = WORK_RATE):
+        import numpy as np
+        self._file = None
+        if isinstance(src, np.ndarray):
+            self._array = src.astype(np.float32, copy=False)
+            self.frames = len(src)
+        else:
+            import soundfile as sf
+            self._array = None
+            self._file = sf.SoundFile(str(src))
+            if self._file.samplerate != rate or self._file.channels != 1:
+                got = f"{self._file.samplerate} Hz x {self._file.channels}"
+                self._file.close()
+                raise UsageError(f"{src}: expected {rate} Hz mono audio, got {got}")
+            self.frames = self._file.frames
+        self.rate = rate
+
+    @property
+    def duration(self) -> float:
+        return self.frames / float(self.rate)
+
+    def read(self, i: int, j: int):
+        import numpy as np
+        i, j = max(0, int(i)), min(self.frames, int(j))
+        if j <= i:
+            return np.zeros(0, dtype=np.float32)
+        if self._array is not None:
+            return self._array[i:j]
+        self._file.seek(i)
+        return self._file.read(j - i, dtype="float32")
+
+    def seconds(self, a: float, b: float):
+        return self.read(int(a * self.rate), int(b * self.rate))
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

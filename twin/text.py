@@ -30,3 +30,16 @@ def entities(text: str, persona_names: list[str]) -> list[str]:
             continue
         out.append(e)
     return out
+
+
+def vocabulary(texts: list[str], persona_names: list[str], limit: int) -> list[str]:
+    """The names a person's written material keeps using, most frequent first (ties: first seen),
+    after the person's own names: words an ASR model should spell as they do."""
+    counts: dict[str, int] = {}
+    for text in texts:
+        for sentence in re.split(r"(?<=[.!?])\s+|\n+", text):
+            for e in entities(sentence, persona_names):
+                counts[e] = counts.get(e, 0) + 1
+    ranked = sorted(counts, key=lambda e: -counts[e])       # stable: first-seen order among equals
+    own = [n for n in persona_names if n]
+    return (own + [e for e in ranked if e not in own])[:max(limit, len(own))]
