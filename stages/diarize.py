@@ -51,6 +51,8 @@ class Settings(Strict):
                                    "SNR joins speakers but founds none")
     min_cluster_fraction: float = Field(0.05, ge=0, lt=1, description="embedded: smaller clusters are outliers and "
                                         "join their closest speaker")
+    max_cluster_embeddings: int = Field(1500, ge=50, description="embedded: cluster at most this many embeddings "
+                                        "per recording (an even sample; the rest join the closest speaker)")
 
     @model_validator(mode="after")
     def _counts(self):
@@ -73,41 +75,28 @@ def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
 
 def _cluster(emb: np.ndarray, chunk_of: np.ndarray, threshold: float, min_k: Optional[int],
              max_k: Optional[int]) -> np.ndarray:
-    """Average-linkage clustering on cosine distance; two local speakers of one window never merge."""
+    """Average-linkage clustering on cosine distance; two local speakers of one window never merge
+    (their distance is 10, beyond any threshold). The dendrogram is cut at ``threshold``, then to
+    at least ``min_k`` and at most ``max_k`` clusters. Labels are numbered by first member.
+    scipy's linkage: O(n²) time and memory in the number of embeddings, which the caller bounds."""
+    from scipy.cluster.hierarchy import fcluster, linkage
+    from scipy.spatial.distance import squareform
     n = len(emb)
     if n == 1:
         return np.zeros(1, dtype=int)
-    sim = emb @ emb.T
-    dist = np.clip(1.0 - sim, 0.0, 2.0)
-    same_chunk = chunk_of[:, None] == chunk_of[None, :]
-    np.fill_diagonal(same_chunk, False)
-    dist[same_chunk] = 10.0  # cannot-link
-    labels = np.arange(n)
-    members = {i: [i] for i in range(n)}
-    cd = dist.copy()                     # average-linkage distances between live clusters
-    np.fill_diagonal(cd, np.inf)
-    active = set(range(n))
-    while len(active) > 1:
-        idx = sorted(active)
-        sub = cd[np.ix_(idx, idx)]
-        flat = int(np.argmin(sub))
-        a, b = idx[flat // len(idx)], idx[flat % len(idx)]
-        best = float(sub.flat[flat])
-        must_merge = bool(max_k) and len(active) > max_k
-        if min_k and len(active) <= min_k:
-            break
-        if not must_merge and (best > threshold or best >= 10.0):
-            break
-        na, nb = len(members[a]), len(members[b])
-        for c in active - {a, b}:
-            cd[a, c] = cd[c, a] = (cd[a, c] * na + cd[b, c] * nb) / (na + nb)
-        members[a] += members.pop(b)
-        active.remove(b)
-        cd[b, :] = np.inf
-        cd[:, b] = np.inf
-    for new, root in enumerate(sorted(active, key=lambda r: min(members[r]))):
-        labels[members[root]] = new
-    return labels
+    e = emb.astype(np.float64)
+    dist = np.clip(1.0 - e @ e.T, 0.0, 2.0)
+    dist[chunk_of[:, None] == chunk_of[None, :]] = 10.0  # cannot-link
+    np.fill_diagonal(dist, 0.0)
+    tree = linkage(squareform(dist, checks=False), method="average")
+    del dist
+    raw = fcluster(tree, t=threshold, criterion="distance")
+    k = len(np.unique(raw))
+    want = min(max(k, min_k or 0), max_k or k, n)
+    if want != k:
+        raw = fcluster(tree, t=want, criterion="maxclust")
+    order = {lab: i for i, lab in enumerate(dict.fromkeys(raw.tolist()))}
+    return np.array([order[lab] for lab in raw.tolist()])
 
 
 def _assign(emb: np.ndarray, chunk_of: np.ndarray, centroids: np.ndarray, labels: np.ndarray,
@@ -238,6 +227,13 @@ def global_speakers(local: dict, duration: float, s: dict) -> tuple[list, list]:
     clean = (snr >= np.median(strong) - s["noisy_margin_db"]) & ~weak
     if clean.sum() < 2:
         clean[:] = True
+    # a long recording clusters an evenly spaced sample of its clean embeddings (clustering is
+    # quadratic in their number); the rest join the closest speaker below, as weak ones do
+    idx = np.nonzero(clean)[0]
+    if len(idx) > s["max_cluster_embeddings"]:
+        keep = idx[np.unique(np.linspace(0, len(idx) - 1, s["max_cluster_embeddings"]).round().astype(int))]
+        clean = np.zeros_like(clean)
+        clean[keep] = True
     labels = np.full(len(keys), -1)
     labels[clean] = _cluster(emb[clean], chunk_of[clean], s["threshold"], s.get("min_speakers"),
                              s.get("max_speakers"))
