@@ -218,7 +218,7 @@ class MemoryData(Stage):
     Settings = Settings
 
     def run(self, ctx) -> dict:
-        from twin.llm import GenParams, make_llm
+        from twin.llm import GenParams, map_chat
         s = ctx.settings
         spec = ctx.spec
         # the full name, the aliases, and each part of the name ("Vell studied ..." is the persona too)
@@ -237,17 +237,16 @@ class MemoryData(Stage):
         llm_answers: list[Optional[str]] = [None] * len(pairs)
         llm_id = None
         if s.answer_method in ("auto", "llm"):
-            llm = make_llm(ctx.models["llm"].location, cache_dir=ctx.cache, device="cpu" if spec.profile ==
-                           "embedded" else None, batch_size=s.batch_size, model=s.server_model)
+            # generation runs as work items of the executor (local processes or a Ray cluster)
+            llm_params = {"ref": ctx.models["llm"].location, "cache_dir": str(ctx.cache),
+                          "device": "cpu" if spec.profile == "embedded" else None, "batch_size": s.batch_size,
+                          "model": s.server_model}
             llm_id = ctx.models["llm"].fingerprint_id
             convs = [[{"role": "system", "content": system},
                       {"role": "user", "content": f"Fact about you: {p['fact']['text']}\nQuestion: {p['question']}"}]
                      for p in pairs]
-            params = GenParams(max_new_tokens=s.max_new_tokens, seed=spec.seed)
-            step = max(1, s.batch_size * 4)
-            for i in range(0, len(convs), step):
-                llm_answers[i:i + step] = llm.chat(convs[i:i + step], params)
-                ctx.progress("memory_data answers", min(i + step, len(convs)), len(convs))
+            llm_answers = map_chat(ctx.map, convs, GenParams(max_new_tokens=s.max_new_tokens, seed=spec.seed),
+                                   llm_params, chunk=s.batch_size * 4, step="memory_data answers")
         def check(answer: str, fact: str, sim: float) -> list[str]:
             problems = []
             if sim < s.min_similarity:
@@ -275,9 +274,10 @@ class MemoryData(Stage):
         failing = [i for i, (a, m) in enumerate(cands) if m == "llm" and
                    check(a, fact_texts[i], float(vec_a[i] @ vec_f[i]))]
         if failing:
-            retry = llm.chat([convs[i] for i in failing], GenParams(max_new_tokens=s.max_new_tokens, temperature=0.7,
-                                                                    top_p=0.9, seed=spec.seed + 1))
-            vec_retry = emb.encode(retry, batch_size=64, normalize_embeddings=True)
+            retry = map_chat(ctx.map, [convs[i] for i in failing],
+                             GenParams(max_new_tokens=s.max_new_tokens, temperature=0.7, top_p=0.9, seed=spec.seed + 1),
+                             llm_params, chunk=s.batch_size * 4, step="memory_data retries")
+            vec_retry = emb.encode([r or "" for r in retry], batch_size=64, normalize_embeddings=True)
             for j, i in enumerate(failing):
                 rejected.append({"question": pairs[i]["question"], "answer": cands[i][0], "method": "llm",
                                  "attempt": 1, "fact": pairs[i]["fact"]["id"],

@@ -6,6 +6,7 @@ import shutil
 import pytest
 
 from conftest import DEMO, ROOT, run_twin
+from test_llm import tiny_model  # noqa: F401 - the fixture
 from twin.cache import read_json, read_manifest
 
 pytestmark = pytest.mark.slow
@@ -47,6 +48,28 @@ def test_ray_and_local_builds_are_identical(tmp_path):
         ex.close()
     assert got[0] == (0, True, 1) and got[1] == (1, True, 3) and got[3] == (3, True, 4)
     assert got[2][1] is False and "IndexError" in got[2][2]
+
+
+def test_llm_generation_runs_on_ray_with_the_same_replies(tmp_path, tiny_model):
+    """memory_data's LLM answers (and their sampled retries) as Ray work items: identical outputs."""
+    (tmp_path / "bio.md").write_text("# Ada Quill\n\n## Life\n\nAda Quill was born in 1990 in Port Ardley.\n"
+                                     "She studied chemistry at the University of Aberdeen.\n"
+                                     "Quill runs a bakery with six employees.\n")
+    spec = tmp_path / "s.yaml"
+    spec.write_text("id: ada-quill\nname: Ada Quill\nconsent: {basis: self, evidence: t}\nworkspace: ws-local\n"
+                    f"sources: {{facts: [bio.md]}}\nmodels: {{llm: {tiny_model}}}\n"
+                    "stages: {memory_data: {answer_method: auto, max_new_tokens: 12, batch_size: 2}}\n")
+    out = run_twin("build", spec, "--until", "memory_data")
+    assert out.returncode == 0, out.stderr
+    out = run_twin("build", spec, "--until", "memory_data", "--workers", "2", "--executor", "ray",
+                   "--workspace", tmp_path / "ws-ray", timeout=900)
+    assert out.returncode == 0, out.stderr
+    local, ray = read_manifest(tmp_path / "ws-local" / "memory_data"), read_manifest(tmp_path / "ws-ray" / "memory_data")
+    assert ray["executor"]["name"] == "ray" and local["executor"]["name"] != "ray"
+    assert local["output_hash"] == ray["output_hash"]
+    methods = [json.loads(x)["method"] for x in (tmp_path / "ws-ray" / "memory_data" / "rejected.jsonl")
+               .read_text().splitlines()]
+    assert "llm" in methods                                  # the model really answered (and was checked)
 
 
 def test_check_names_the_stage_whose_input_changed(tmp_path):

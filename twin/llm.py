@@ -13,6 +13,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Optional, Protocol
 
@@ -226,3 +227,33 @@ def make_llm(ref: str, *, cache_dir: Path, device: Optional[str] = None, batch_s
             raise MissingDependency("transformers is not installed (pip install 'transformers<5')") from exc
         backend = TransformersLLM(ref, device=device, cache_dir=cache_dir / "models", batch_size=batch_size)
     return CachedLLM(backend, cache_dir / "calls")
+
+
+# ----------------------------------------------------------------- through an executor
+
+@lru_cache(maxsize=2)
+def worker_llm(ref: str, cache_dir: str, device: Optional[str], batch_size: int, model: Optional[str]) -> CachedLLM:
+    """One loaded model per worker process (or Ray actor), kept for the worker's life."""
+    return make_llm(ref, cache_dir=Path(cache_dir), device=device, batch_size=batch_size, model=model)
+
+
+def chat_chunk(item: dict, params: dict) -> dict:
+    """Executor work item: replies to one chunk of conversations."""
+    llm = worker_llm(params["ref"], params["cache_dir"], params.get("device"), params["batch_size"],
+                     params.get("model"))
+    return {"replies": llm.chat(item["conversations"], GenParams(**item["gen"]))}
+
+
+def map_chat(ctx_map, conversations: list[Conversation], gen: GenParams, llm_params: dict, chunk: int,
+             step: str) -> list[Optional[str]]:
+    """Replies to ``conversations`` in chunks of ``chunk``, as work items of the stage's executor:
+    local processes or a Ray cluster (where actors keep the model loaded). The chunks, hence the
+    batches and seeds, do not depend on the executor, so neither do the replies. A chunk that
+    fails leaves ``None`` for its conversations (the caller decides what replaces them)."""
+    items = [{"conversations": conversations[i:i + chunk], "gen": gen.as_dict()}
+             for i in range(0, len(conversations), max(1, chunk))]
+    results = ctx_map(chat_chunk, items, key=lambda it: hash_obj(it), params=llm_params, step=step)
+    out: list[Optional[str]] = []
+    for item, ok, value in results:
+        out += value["replies"] if ok else [None] * len(item["conversations"])
+    return out
