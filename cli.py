@@ -127,12 +127,16 @@ def plan(spec, until, only, force, workspace):
 @click.option("--check", is_flag=True, help="rebuild into a fresh workspace and compare every stage's output hashes "
                                             "with this build (and the spec's lock file, if committed)")
 @click.option("--keep-check", is_flag=True, help="keep the fresh workspace of --check even when it matches")
+@click.option("--locked", is_flag=True, help="fetch exactly the inputs of the spec's committed lock file "
+                                             "(stages.fetch.locked); fail if any changed or is gone")
 @click.pass_context
 def build(ctx, spec, until, only, force, workers, executor, ray_address, ray_mode, on_error, workspace, check,
-          keep_check):
+          keep_check, locked):
     """Build the twin described by SPEC (cached, resumable)."""
     from twin.runner import Runner
     s = _load(spec)
+    if locked:
+        s.stages.fetch = s.stages.fetch.model_copy(update={"locked": True})
     options = {"address": ray_address, "mode": ray_mode} if executor == "ray" else {}
     if check:
         from twin.reproduce import check as run_check

@@ -27,12 +27,15 @@ from urllib.parse import urlparse
 
 from pydantic import Field
 
-from twin.cache import atomic_copy, atomic_write_json, atomic_write_jsonl, atomic_write_text, hash_file
+from twin.cache import (atomic_copy, atomic_write_json, atomic_write_jsonl, atomic_write_text, hash_file,
+                        read_json)
 from twin.errors import StageError, UsageError
 from twin.registry import register
 from twin.spec import Strict, is_local_url
 from twin.stage import Stage
 
+# yt-dlp extractors whose ids are not a site's stable video ids
+POSITIONAL_EXTRACTORS = (None, "generic", "html5")
 AUDIO_EXT = {".wav", ".mp3", ".m4a", ".ogg", ".opus", ".flac", ".aac", ".webm", ".mp4", ".mkv", ".mov", ".avi"}
 
 
@@ -45,6 +48,9 @@ class Settings(Strict):
     cookies: Optional[str] = Field(None, description="a Netscape cookies file for sites that need a login")
     subtitles: bool = Field(True, description="keep manual subtitles when a video has them")
     strict: bool = Field(False, description="fail the stage when any item fails (default: only when none works)")
+    locked: bool = Field(False, description="fetch exactly the items of the spec's committed lock file "
+                                            "(`twin lock`; `twin build --locked`): nothing new, and an item whose "
+                                            "content changed or is gone fails the stage")
 
 
 # ----------------------------------------------------------------- helpers
@@ -84,6 +90,20 @@ def _opt_out_match(opt: dict, *, url: Optional[str] = None, texts: tuple = (), c
             if n and re.search(r"(?<!\w)" + re.escape(n) + r"(?!\w)", low):
                 return f"name {n}"
     return None
+
+
+def _identity(info: dict, page: str) -> str:
+    """A downloaded video's identity, for dedup and the lock: the site's own video id; the generic
+    and HTML5 extractors' ids are file names or positions on a page, so there the media URL itself
+    is the identity."""
+    if info.get("extractor") not in POSITIONAL_EXTRACTORS:
+        return f"{info.get('extractor')}:{info.get('id')}"
+    return canonical_url(info.get("url") or f"{page}#{info.get('id')}")
+
+
+def lock_key(rec: dict) -> str:
+    """How the lock names an input: a video by its identity, anything else by its URL or path."""
+    return rec.get("identity") or rec.get("url") or rec["location"]
 
 
 def _record(item: dict, **fields) -> dict:
@@ -153,6 +173,11 @@ def _ytdlp_options(item: dict, params: dict, cache: Path) -> dict:
                                        info.get("channel_id"), info.get("channel_url")))
         if hit:
             return f"opt-out: {hit}"
+        locked = params.get("locked")
+        if locked is not None and not incomplete and info.get("extractor") not in POSITIONAL_EXTRACTORS:
+            # a site's own ids are known before downloading; generic media are checked after
+            if _identity(info, item["location"]) not in locked.get(item["label"], {}):
+                return "not in the lock"
         dur = info.get("duration")
         if dur is not None and not incomplete:
             why = _duration_ok(float(dur), src)
@@ -305,12 +330,7 @@ def _fetch_url_media(item: dict, params: dict) -> list[dict]:
                 lang = sub.name[len(base) + 1:-4]
                 atomic_copy(sub, out / "media" / f"{rec['id']}.{lang}.vtt")
                 subs.append({"lang": lang, "path": f"media/{rec['id']}.{lang}.vtt"})
-        # Identity for dedup: the site's own video id; the generic extractor's ids are only file
-        # names, so there the media URL itself is the identity.
-        if info.get("extractor") not in (None, "generic"):
-            identity = f"{info.get('extractor')}:{info.get('id')}"
-        else:
-            identity = canonical_url(info.get("url") or f"{page}#{info.get('id')}")
+        identity = _identity(info, page)
         records.append(_record(item, url=page, canonical_url=canonical_url(page), identity=identity,
                                retrieved_at=meta["retrieved_at"],
                                subtitles=subs, uploader=info.get("uploader"),
@@ -649,11 +669,27 @@ def collect(ctx_map, items: list[dict], params: dict, out: Path) -> tuple[dict, 
     provenance, videos, posts, facts = [], [], [], []
     fact_ids: set[str] = set()
     seen_hash, seen_url = {}, {}
+    locked = params.get("locked")
+    seen_locked: set[tuple[str, str]] = set()
     for item, ok, value in results:
         if not ok:
             provenance.append(_record(item, status="failed", reason=value))
             continue
+        item_ok = True
         for rec in value["records"]:
+            if locked is not None and rec["status"] == "ok":
+                want = locked.get(rec["source"], {})
+                key = lock_key(rec)
+                if key not in want:
+                    rec = {**rec, "status": "skipped", "reason": "not in the lock"}
+                elif want[key] != rec.get("sha256"):
+                    rec = {**rec, "status": "failed", "reason": f"content changed since the lock "
+                                                                f"({str(want[key])[:12]} → {str(rec.get('sha256'))[:12]})"}
+                    seen_locked.add((rec["source"], key))
+                else:
+                    seen_locked.add((rec["source"], key))
+                if rec["kind"] != "videos" and rec["status"] != "ok":
+                    item_ok = False
             if rec["status"] == "ok" and rec["kind"] == "videos":
                 key_h, key_u = rec.get("sha256"), rec.get("identity")
                 dup = seen_hash.get(key_h) or (seen_url.get(key_u) if key_u else None)
@@ -666,12 +702,18 @@ def collect(ctx_map, items: list[dict], params: dict, out: Path) -> tuple[dict, 
                     videos.append({k: rec.get(k) for k in ("id", "path", "duration", "title", "sha256", "url",
                                                             "source", "subtitles", "uploader")})
             provenance.append(rec)
+        if not item_ok:
+            continue                     # a text source whose content changed since the lock
         for p in value.get("posts", []):
             posts.append(p)
         for f in value.get("facts", []):
             if f["id"] not in fact_ids:
                 fact_ids.add(f["id"])
                 facts.append(f)
+    for label, want in sorted((locked or {}).items()):
+        for key in sorted(set(want) - {k for s, k in seen_locked if s == label}):
+            provenance.append({"kind": label.split(".")[1].split("[")[0], "source": label, "location": key,
+                               "status": "failed", "reason": "in the lock, not fetched now"})
     # Posts: dedup exact repeats across sources (near-duplicates are style_data's job).
     seen_text, unique_posts = set(), []
     for p in posts:
@@ -719,7 +761,22 @@ class Fetch(Stage):
                     files[f"sources.{kind}[{i}]"] = spec.resolve_path(src.path)
         if spec.opt_out.file:
             files["opt_out.file"] = spec.resolve_path(spec.opt_out.file)
+        if spec.stages.fetch.locked:
+            from twin.reproduce import lock_path_for
+            files["lock"] = lock_path_for(spec)
         return files
+
+    def locked_inputs(self, spec) -> dict[str, dict[str, str]]:
+        """{source label: {lock key: content hash}} from the spec's committed lock file."""
+        from twin.reproduce import lock_path_for
+        path = lock_path_for(spec)
+        if path is None or not path.is_file():
+            raise StageError(self.name, f"stages.fetch.locked is set but there is no lock file at {path}; "
+                                        "build once and run `twin lock SPEC`, then commit it")
+        out: dict[str, dict[str, str]] = {}
+        for r in read_json(path).get("inputs", []):
+            out.setdefault(r["source"], {})[lock_key(r)] = r["sha256"]
+        return out
 
     def params(self, settings, out: Path, cache: Path, opt_out: dict) -> dict:
         from twin.net import USER_AGENT
@@ -748,12 +805,20 @@ class Fetch(Stage):
                 raise StageError(self.name, f"sources.{kind}[{i}]: local address needs sources.allow_local")
         items = make_items(sources, spec.base_dir)
         params = self.params(settings, ctx.out, ctx.cache, opt)
+        if settings.locked:
+            params["locked"] = self.locked_inputs(spec)
         counts, failures = collect(ctx.map, items, params, ctx.out)
         ctx.failures[:] = failures  # every failure once, as recorded in provenance.jsonl
         usable = counts["videos"] + counts["posts"] + counts["facts_documents"]
         if items and usable == 0:
             raise StageError(self.name, f"nothing usable was fetched ({counts['failed']} failed); "
                              f"see {ctx.out / 'provenance.jsonl'}")
+        if settings.locked and counts["failed"]:
+            lock_failures = [f for f in failures if "lock" in f["reason"]]
+            if lock_failures:
+                raise StageError(self.name, f"{len(lock_failures)} input(s) differ from the lock, first: "
+                                 f"{lock_failures[0]['item']}: {lock_failures[0]['reason']}; "
+                                 f"see {ctx.out / 'provenance.jsonl'}")
         if settings.strict and counts["failed"]:
             raise StageError(self.name, f"{counts['failed']} item(s) failed and stages.fetch.strict is set; "
                              f"see {ctx.out / 'provenance.jsonl'}")

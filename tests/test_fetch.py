@@ -291,3 +291,31 @@ def test_playlists_are_capped_and_subtitles_kept(spec_dir, server):
     assert captioned["subtitles"] and captioned["subtitles"][0]["lang"] == "en"
     assert "Tamsin Vell" in (out / captioned["subtitles"][0]["path"]).read_text()
     assert captioned["status"] == "duplicate"  # the same audio as the playlist's first entry
+
+
+def test_locked_build_fetches_exactly_the_locked_inputs(spec_dir, server):
+    """`twin lock` then `twin build --locked`: a page that gained a video gives only the locked ones; a
+    video whose bytes changed fails the build, naming it."""
+    page = lambda srcs: ("text/html", ("<html><head><title>Talks</title></head><body>" + "".join(
+        f'<video src="/media/{s}"></video>' for s in srcs) + "</body></html>").encode())
+    server.routes["/watch/grow.html"] = page(["enroll.ogg", "talk.ogg"])
+    spec = spec_dir / "s.yaml"
+    spec.write_text("\n".join(["id: web-person", "name: X", 'consent: {basis: self, evidence: "t"}', "workspace: ws",
+                               "sources:", "  allow_local: true", "  videos:", f"    - {server.url}/watch/grow.html",
+                               "  posts:", f"    - {server.url}/feed.xml"]) + "\n")
+    assert run_twin("build", spec, "--until", "fetch").returncode == 0
+    assert run_twin("lock", spec).returncode == 0
+    locked_videos = read_jsonl(spec_dir / "ws" / "fetch" / "videos.jsonl")
+    assert len(locked_videos) == 2
+    server.routes["/watch/grow.html"] = page(["third.ogg", "enroll.ogg", "talk.ogg"])     # a new upload
+    out = run_twin("build", spec, "--until", "fetch", "--locked", "--workspace", spec_dir / "ws2")
+    assert out.returncode == 0, out.stderr
+    got = read_jsonl(spec_dir / "ws2" / "fetch" / "videos.jsonl")
+    assert sorted(v["sha256"] for v in got) == sorted(v["sha256"] for v in locked_videos)
+    prov = read_jsonl(spec_dir / "ws2" / "fetch" / "provenance.jsonl")
+    assert [r["reason"] for r in prov if r["status"] == "skipped"] == ["not in the lock"]
+    server.routes["/media/talk.ogg"] = ("audio/ogg", (DEMO / "interview.ogg").read_bytes())  # re-uploaded, changed
+    out = run_twin("build", spec, "--until", "fetch", "--locked", "--workspace", spec_dir / "ws3")
+    assert out.returncode == 1
+    assert "differ from the lock" in out.stderr and "content changed since the lock" in out.stderr, out.stderr
+    assert "sources.videos[0]" in out.stderr

@@ -40,7 +40,7 @@ def lock_record(spec, ws_root: Path) -> dict:
     prov = ws_root / "fetch" / "provenance.jsonl"
     for r in (read_jsonl(prov) if prov.is_file() else []):
         if r.get("status") == "ok":
-            inputs.append({k: r.get(k) for k in ("source", "kind", "location", "id", "sha256", "url",
+            inputs.append({k: r.get(k) for k in ("source", "kind", "location", "id", "identity", "sha256", "url",
                                                  "canonical_url", "retrieved_at")})
     models = {}
     for role in sorted(roles):
