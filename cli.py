@@ -365,6 +365,9 @@ def serve_cmd(artifact, host, port, base, adapter, token_env, open_access, max_r
                f"({'open, loopback only' if open_access else 'bearer token required'})", err=False)
     sys.stdout.flush()
     import contextlib
+    import signal
+    # SIGTERM (how service managers stop a server) exits cleanly too, so exit handlers run
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         with contextlib.suppress(KeyboardInterrupt):   # Ctrl-C is how a server is stopped
             server.serve_forever()

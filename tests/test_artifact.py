@@ -161,18 +161,21 @@ def test_adapters_inside_load_with_plain_peft(built, tiny_model):
 
 
 @pytest.fixture(scope="module")
-def server(built, tiny_model):
+def server(built, tiny_model, tmp_path_factory):
     art = built[0] / "ws" / "package" / "tiny-twin-twin.tar.gz"
-    env = {**os.environ, "TWIN_API_KEY": "s3cret-token"}
+    tmp = tmp_path_factory.mktemp("serve-tmp")
+    env = {**os.environ, "TWIN_API_KEY": "s3cret-token", "TMPDIR": str(tmp)}
     proc = subprocess.Popen([TWIN, "serve", art, "--base", tiny_model, "--port", "0", "--max-tokens", "16",
                              "--max-request-bytes", "4096", "--device", "cpu"], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=env)
     line = proc.stdout.readline()
     assert "serving the twin" in line, proc.stderr.read() if proc.poll() is not None else line
     url = line.split(" on ")[1].split()[0]
+    assert len(list(tmp.glob("twin-artifact-*"))) == 1          # the unpacked tarball
     yield url
     proc.terminate()
-    proc.wait(timeout=30)
+    assert proc.wait(timeout=30) == 0
+    assert not list(tmp.glob("twin-artifact-*"))                  # removed when the server stops
 
 
 def test_openai_client_chat_and_stream(server):

@@ -8,6 +8,7 @@ as a chat model that discloses it is synthetic.
 """
 from __future__ import annotations
 
+import atexit
 import gzip
 import json
 import os
@@ -126,7 +127,12 @@ def open_artifact(path: str | Path, workdir: Optional[Path] = None) -> Path:
         raise UsageError(f"{path}: no such artifact (give the artifact folder or its .tar.gz)")
     if not tarfile.is_tarfile(path):
         raise ArtifactError(f"{path}: not a folder or a tar archive")
-    dest = Path(workdir or tempfile.mkdtemp(prefix="twin-artifact-"))
+    if workdir is None:
+        # a private copy for this process (servers, twin.load): removed when the process exits
+        dest = Path(tempfile.mkdtemp(prefix="twin-artifact-"))
+        atexit.register(shutil.rmtree, dest, ignore_errors=True)
+    else:
+        dest = Path(workdir)
     safe_extract(path, dest)
     found = [p.parent for p in dest.glob("*/" + MANIFEST)] + ([dest] if (dest / MANIFEST).is_file() else [])
     if len(found) != 1:
