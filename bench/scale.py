@@ -118,6 +118,8 @@ def main() -> int:
         print("| executor | seconds | speed-up vs 1 worker | peak RSS GB |\n|---|---:|---:|---:|")
         for label, r in rows:
             print(f"| {label} | {r['seconds']:.1f} | {base / r['seconds']:.2f}x | {r['peak_gb']:.2f} |")
+        print("\nPeak RSS of the Ray row is the driver's alone: Ray's worker processes are not its waited-for "
+              "children.")
         print()
     return 0
 

@@ -13,27 +13,18 @@ pytestmark = pytest.mark.slow
 VOICE_STAGES = ("fetch", "separate", "diarize", "identify", "qualify", "transcribe", "voiceset")
 
 
-def _voice_spec(d, ws):
-    (d / "demo").mkdir(parents=True, exist_ok=True)
-    for name in ("panel.ogg", "enroll.ogg", "consent.txt"):
-        shutil.copy(DEMO / name, d / "demo" / name)
-    spec = d / "voice.yaml"
-    spec.write_text(f"id: ray-test\nname: Tamsin Vell\nconsent: {{basis: self, evidence: t}}\nworkspace: {ws}\n"
-                    "sources: {videos: [demo/panel.ogg, demo/enroll.ogg]}\nenroll: [demo/enroll.ogg]\n"
-                    "stages: {qualify: {min_dnsmos: 2.3}}\n")
-    return spec
-
-
-def test_ray_and_local_builds_are_identical(tmp_path):
+def test_ray_and_local_builds_of_the_demo_are_identical(tmp_path):
+    """The demo spec through the voice and data stages, locally with 2 processes and on Ray."""
     from twin.executors import RayExecutor
-    spec = _voice_spec(tmp_path, "ws-local")
-    out = run_twin("build", spec, "--until", "voiceset", "--workers", "2")
+    spec = ROOT / "persona_specs" / "demo.yaml"
+    out = run_twin("build", spec, "--until", "memory_data", "--workers", "2", "--workspace", tmp_path / "ws-local",
+                   timeout=1200)
     assert out.returncode == 0, out.stderr
     # actors: long-lived workers holding their loaded models (what GPU clusters use)
-    out = run_twin("build", spec, "--until", "voiceset", "--workers", "2", "--executor", "ray", "--ray-mode", "actors",
-                   "--workspace", tmp_path / "ws-ray", timeout=900)
+    out = run_twin("build", spec, "--until", "memory_data", "--workers", "2", "--executor", "ray", "--ray-mode",
+                   "actors", "--workspace", tmp_path / "ws-ray", timeout=1200)
     assert out.returncode == 0, out.stderr
-    for st in VOICE_STAGES:
+    for st in VOICE_STAGES + ("style_data", "memory_data"):
         local, ray = read_manifest(tmp_path / "ws-local" / st), read_manifest(tmp_path / "ws-ray" / st)
         assert local["output_hash"] == ray["output_hash"], st
         assert ray["executor"]["name"] in ("ray", "inline")

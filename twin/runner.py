@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.metadata as md
 import logging
+import os
 import platform
 import shutil
 import time
@@ -181,6 +182,11 @@ class Runner:
             registry.get(name)
         result = BuildResult(str(self.ws.root))
         with self.ws.lock():
+            cpus = os.cpu_count() or 1
+            if self.executor_name == "local" and self.workers > 1 and self.workers * (self.spec.threads or 1) > cpus:
+                log.warning("%d workers × %d threads (spec `threads`) oversubscribe the %d CPUs: expect a slowdown "
+                            "(3x measured by bench/scale.py); set `threads: %d` in the spec or fewer workers",
+                            self.workers, self.spec.threads, cpus, max(1, cpus // self.workers))
             self._executor = make_executor(self.executor_name, workers=self.workers, threads=self.spec.threads,
                                            **self.executor_options)
             try:
