@@ -111,7 +111,7 @@ class Package(Stage):
         return {"consent.evidence_file": spec.resolve_path(f)} if f else {}
 
     def run(self, ctx) -> dict:
-        from twin.runner import _lib_versions
+        from twin.runner import lib_versions
         s = ctx.settings
         spec = ctx.spec
         restricted = spec.consent.restricted
@@ -182,7 +182,7 @@ class Package(Stage):
                            "ok": sum(1 for r in prov if r.get("status") == "ok"),
                            "by_kind": dict(sorted(Counter(r.get("kind") for r in prov).items(),
                                                   key=lambda kv: str(kv[0])))},
-            "tool_versions": _lib_versions(("torch", "transformers", "peft", "accelerate", "whisperx",
+            "tool_versions": lib_versions(("torch", "transformers", "peft", "accelerate", "whisperx",
                                             "pyannote.audio", "demucs", "sentence-transformers")),
             "spec": "spec.resolved.json",
             "cache_keys": cache_keys,

@@ -46,9 +46,9 @@ def lock_record(spec, ws_root: Path) -> dict:
     for role in sorted(roles):
         m = resolve(role, spec)
         models[role] = {"ref": m.ref, "kind": m.kind, "version": m.version}
-    from .runner import _lib_versions
+    from .runner import lib_versions
     return {"lock_version": 1, "persona": spec.id, "spec": hash_obj(spec.model_dump(mode="json")),
-            "seed": spec.seed, "libraries": _lib_versions(LIBRARIES),
+            "seed": spec.seed, "libraries": lib_versions(LIBRARIES),
             "threads": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")} | {
                 "cpu_count": os.cpu_count()},
             "models": models, "inputs": sorted(inputs, key=lambda r: (r["source"] or "", r["id"] or "")),

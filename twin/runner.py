@@ -56,7 +56,7 @@ class BuildResult:
         return asdict(self)
 
 
-def _lib_versions(names: Iterable[str]) -> dict[str, str]:
+def lib_versions(names: Iterable[str]) -> dict[str, str]:
     out = {"python": platform.python_version(), "twin": __version__}
     for n in names:
         try:
@@ -275,7 +275,7 @@ class Runner:
                         "seconds": round(seconds, 3)},
             "executor": {"name": self._executor.name, "workers": self._executor.workers,
                          "threads": getattr(self._executor, "threads", None)},
-            "libraries": _lib_versions(st.libraries),
+            "libraries": lib_versions(st.libraries),
         }
         atomic_write_json(out / MANIFEST, manifest)
         self.ws.publish(st.name, out)
