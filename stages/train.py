@@ -63,6 +63,9 @@ class Settings(Strict):
     checkpoint_every: int = Field(25, ge=0, description="optimizer steps between resumable checkpoints "
                                                         "(0: at epoch ends only)")
     device: str = Field("auto", description="auto (CUDA when present), cpu, cuda, cuda:N")
+    processes: int = Field(1, ge=1, le=64, description="training processes: > 1 trains each step with `accelerate "
+                                                      "launch` (one per GPU, or CPU processes over gloo), the "
+                                                      "batches shared between them")
     threads: Optional[int] = Field(None, ge=1, description="CPU threads (default: the spec's threads); pinned "
                                                            "for reproducible sums")
 
@@ -166,16 +169,29 @@ class Train(Stage):
             work = ctx.journal / f"train-{step}"
             best = work / "best"
             done = work / "result.json"
+            train_set = list(data[step, "train"])
+            if step == "memory" and "style" in results and s.replay > 0:
+                import numpy as np
+                style = data["style", "train"]
+                pick = np.random.default_rng([ctx.spec.seed, 7]).permutation(len(style))
+                train_set += [style[i] for i in sorted(pick[: round(s.replay * len(style))])]
+            untrained = not (done.is_file() and (best / "adapter_model.safetensors").is_file())
+            if s.processes > 1 and untrained:
+                ctx.log.info("%s adapter: training in %d processes (accelerate launch)", step, s.processes)
+                ctx.progress(f"train {step} ({s.processes} processes)", 0, 1)
+                steps_now = s.steps[: s.steps.index(step) + 1]
+                T.launch_step({"source": source, "revision": revision, "device": dev, "base_id": base["id"],
+                               "config": cfg.as_dict(), "configs": {n: cfg.as_dict() for n in steps_now},
+                               "steps": steps_now, "pad_id": tok.pad_token_id, "work": str(work),
+                               "threads": s.threads or ctx.spec.threads, "train": train_set,
+                               "eval": data[step, "eval"],
+                               "trained": {n: str(ctx.journal / f"train-{n}" / "best") for n in steps_now[:-1]}},
+                              work, s.processes, dev.startswith("cuda"), s.threads or ctx.spec.threads)
+                ctx.progress(f"train {step} ({s.processes} processes)", 1, 1)
             if done.is_file() and (best / "adapter_model.safetensors").is_file():
-                ctx.log.info("%s adapter: already trained in this run, loading it", step)
+                ctx.log.info("%s adapter: trained (in this run, or by its launched processes), loading it", step)
                 res = T.StepResult(**{k: v for k, v in read_json(done).items() if k != "tokens_per_second"})
             else:
-                train_set = list(data[step, "train"])
-                if step == "memory" and "style" in results and s.replay > 0:
-                    import numpy as np
-                    style = data["style", "train"]
-                    pick = np.random.default_rng([ctx.spec.seed, 7]).permutation(len(style))
-                    train_set += [style[i] for i in sorted(pick[: round(s.replay * len(style))])]
                 res = T.train_adapter(
                     peft_model, step, train_set, data[step, "eval"], cfg, pad_id=tok.pad_token_id,
                     work=work, best_dir=best,
@@ -183,6 +199,7 @@ class Train(Stage):
                     progress=ctx.progress)
                 res.dropped = dropped[f"{step}_train"]
                 atomic_write_json(done, res.as_dict())
+            res.dropped = dropped[f"{step}_train"]
             T.load_best_weights(peft_model, best, step)
             shutil.copytree(best, adapters / step, dirs_exist_ok=True)
             results[step] = res
@@ -212,7 +229,7 @@ class Train(Stage):
         metrics["steps"] = {k: {"adapter": f"adapters/{k}", "samples": r.samples, "dropped_too_long": r.dropped,
                                 "epochs": len(r.history), "best_epoch": r.best_epoch,
                                 "base_eval_loss": r.base_eval_loss, "best_eval_loss": r.best_eval_loss,
-                                "optimizer_steps": r.steps} for k, r in results.items()}
+                                "optimizer_steps": r.steps, "processes": r.processes} for k, r in results.items()}
         metrics["stack"] = trained
         metrics["settings"] = s.model_dump(mode="json")
         atomic_write_json(ctx.out / "base_model.json", base)

@@ -186,3 +186,15 @@ def test_train_stage_on_the_tiny_model(spec_dir, tiny_model):
     again = Runner(load_spec(spec)).build(until="train")
     assert "train" in again.skipped
     assert read_jsonl(spec_dir / "ws" / "style_data" / "train.jsonl")
+    # two training processes (accelerate launch; CPU processes over gloo): each optimizer step takes one
+    # batch from each process, so an epoch has half the steps; only rank 0 writes, the stage loads it
+    spec.write_text(spec.read_text().replace("batch_size: 4}", "batch_size: 4, processes: 2}"))
+    result = Runner(load_spec(spec)).build(until="train")
+    assert result.ok, result.failed
+    m2 = read_json(out / "metrics.json")
+    for name in ("style", "memory"):
+        one, two = m["steps"][name], m2["steps"][name]
+        assert two["processes"] == 2 and one["processes"] == 1
+        assert two["optimizer_steps"] == (one["optimizer_steps"] // one["epochs"] // 2) * two["epochs"]
+    assert m2["eval_loss"]["twin"]["memory"] < m2["eval_loss"]["base"]["memory"]
+    assert (out / "adapters" / "combined" / "adapter_model.safetensors").is_file()

@@ -18,9 +18,12 @@ What it does, and why:
 * **Evaluation and the best checkpoint.** The held-out loss (mean over assistant tokens) is
   measured before training and after every epoch; the adapter of the best epoch is kept,
   not the last.
-* **Devices.** ``accelerate`` runs the loop: float32 on CPU, bf16 autocast on CUDA, several
-  GPUs under ``accelerate launch`` with the same code; optional 4-bit QLoRA (bitsandbytes)
-  on CUDA.
+* **Devices.** ``accelerate`` runs the loop: float32 on CPU, bf16 autocast on CUDA; optional
+  4-bit QLoRA (bitsandbytes) on CUDA.
+* **Several processes.** ``launch_step`` runs a step under ``accelerate launch`` (one process
+  per GPU; without CUDA, CPU processes over gloo): each process takes every N-th batch of the
+  epoch, gradients are averaged, rank 0 alone writes checkpoints and the best adapter, which
+  the calling process then loads as if it had trained them itself.
 """
 from __future__ import annotations
 
@@ -334,6 +337,7 @@ class StepResult:
     dropped: int = 0
     steps: int = 0
     resumed_from_step: int = 0
+    processes: int = 1
 
     def as_dict(self) -> dict:
         d = asdict(self)
@@ -406,7 +410,18 @@ def train_adapter(model, adapter: str, train: list[dict], evals: list[dict], cfg
         raise UsageError("nothing to train: no parameter requires grad")
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     model, optimizer = acc.prepare(model, optimizer)
-    n_batches = len(make_batches(train, cfg, 0, pad_id))
+    world, rank = acc.num_processes, acc.process_index
+
+    def epoch_batches(epoch: int) -> list[dict]:
+        """This process's share of the epoch's batches (under `accelerate launch`: every process the
+        same number, interleaved, so each optimizer step sees ``world`` batches)."""
+        every = make_batches(train, cfg, epoch, pad_id)
+        if world == 1:
+            return every
+        if len(every) < world:
+            raise UsageError(f"{adapter}: {len(every)} batches cannot be shared by {world} processes")
+        return every[rank: len(every) // world * world: world]
+    n_batches = len(epoch_batches(0))
     steps_per_epoch = math.ceil(n_batches / cfg.gradient_accumulation)
     total = steps_per_epoch * cfg.epochs
     res = StepResult(adapter=adapter, samples=len(train))
@@ -427,6 +442,9 @@ def train_adapter(model, adapter: str, train: list[dict], evals: list[dict], cfg
         progress(f"train {adapter}", step, total)
 
     def snapshot(epoch: int, batch: int) -> None:
+        acc.wait_for_everyone()
+        if not acc.is_main_process:          # one writer; every process resumes from it
+            return
         _write_checkpoint(ckpt, acc.unwrap_model(model), optimizer, {
             "step": step, "epoch": epoch, "batch": batch, "history": res.history, "curve": res.curve,
             "base_eval_loss": res.base_eval_loss, "best_eval_loss": res.best_eval_loss,
@@ -434,7 +452,7 @@ def train_adapter(model, adapter: str, train: list[dict], evals: list[dict], cfg
 
     model.train()
     for epoch in range(state["epoch"], cfg.epochs):
-        batches = make_batches(train, cfg, epoch, pad_id)
+        batches = epoch_batches(epoch)
         start_batch = state["batch"] if epoch == state["epoch"] else 0
         ep_loss, ep_tokens, t_epoch = 0.0, 0, time.perf_counter()
         acc_loss, acc_tokens = [], 0
@@ -483,7 +501,9 @@ def train_adapter(model, adapter: str, train: list[dict], evals: list[dict], cfg
         better = res.best_eval_loss is None or (ev is not None and ev < res.best_eval_loss)
         if better:
             res.best_eval_loss, res.best_epoch = ev, epoch + 1
-            save_best(best_dir)
+            if acc.is_main_process:
+                save_best(best_dir)
+            acc.wait_for_everyone()
         state = {"step": step, "epoch": epoch + 1, "batch": 0}
         snapshot(epoch + 1, 0)
     res.steps = step
@@ -525,3 +545,82 @@ def plot_curves(results: Iterable[StepResult], path: Path) -> None:
     fig.savefig(tmp, dpi=110, metadata={"Software": None})
     plt.close(fig)
     os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------- several processes (accelerate launch)
+
+def build_adapters(model, steps: list[str], lcfgs: dict, seed: int, trained: dict[str, Path]):
+    """The PEFT model of a training step: earlier steps' adapters with their trained weights, frozen;
+    this step's adapter freshly initialised (seeded as in one process) and trainable."""
+    import torch
+    from peft import get_peft_model
+    peft_model = None
+    for i, name in enumerate(steps):
+        torch.manual_seed(seed if i == 0 else seed + 1)
+        if peft_model is None:
+            peft_model = get_peft_model(model, lcfgs[name], adapter_name=name)
+        else:
+            peft_model.add_adapter(name, lcfgs[name])
+        if name in trained:
+            load_best_weights(peft_model, trained[name], name)
+    peft_model.base_model.set_adapter(steps)
+    for n, p in peft_model.named_parameters():
+        p.requires_grad_(f".{steps[-1]}." in n and "lora_" in n)
+    return peft_model
+
+
+def launch_step(job: dict, work: Path, processes: int, cuda: bool, threads: int) -> None:
+    """Train one step in ``processes`` processes with ``accelerate launch`` (GPUs, or CPU processes
+    over gloo); rank 0 writes ``work/best`` and ``work/result.json`` as one process would."""
+    import socket
+    import subprocess
+    import sys
+    work.mkdir(parents=True, exist_ok=True)
+    job_path = work / "job.json"
+    atomic_write_json(job_path, job)
+    with socket.socket() as s:            # a free port for the processes' rendezvous
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    # accelerate's multi-GPU launcher is torchrun; without CUDA each process falls back to MULTI_CPU (gloo)
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           "--num_cpu_threads_per_process", str(threads), "--main_process_port", str(port),
+           "-m", "twin.training", str(job_path)]
+    env = dict(os.environ, **({} if cuda else {"CUDA_VISIBLE_DEVICES": ""}))
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if proc.returncode != 0 or not (work / "result.json").is_file():
+        tail = [x for x in proc.stderr.strip().splitlines() if x.strip()][-3:]
+        raise UsageError(f"accelerate launch of {processes} training processes failed (exit {proc.returncode}): "
+                         + " | ".join(tail))
+
+
+def run_job(job_path: str) -> None:
+    """One process of a launched training step (``python -m twin.training JOB``)."""
+    import torch
+    job = read_json(Path(job_path))
+    torch.set_num_threads(job["threads"])
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    cfg = TrainConfig(**job["config"])
+    from accelerate import PartialState
+    device = job["device"]
+    if device.startswith("cuda"):
+        device = f"cuda:{PartialState().local_process_index}"       # one GPU per process
+    tok, model = load_base(job["source"], job["revision"], device, cfg.quantize_4bit)
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    steps = job["steps"]
+    lcfgs = {name: lora_config(TrainConfig(**c), job["base_id"], job["revision"]) for name, c in job["configs"].items()}
+    peft_model = build_adapters(model, steps, lcfgs, cfg.seed, {k: Path(v) for k, v in job["trained"].items()})
+    step = steps[-1]
+    work = Path(job["work"])
+    res = train_adapter(peft_model, step, job["train"], job["eval"], cfg, pad_id=job["pad_id"], work=work,
+                        best_dir=work / "best",
+                        save_best=lambda path: save_adapter(peft_model, step, path, job["base_id"], job["revision"]))
+    if PartialState().is_main_process:
+        res.processes = PartialState().num_processes
+        atomic_write_json(work / "result.json", res.as_dict())
+
+
+if __name__ == "__main__":
+    import sys
+    run_job(sys.argv[1])
