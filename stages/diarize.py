@@ -163,7 +163,7 @@ def local_speakers(audio, residual, seg_model_path: str, enc_weights: str, s: di
     inference = Inference(model, duration=win, step=step, skip_aggregation=True,
                           batch_size=INFERENCE_BATCH, device=torch.device("cpu"))
     n_win, n_step = round(win * RATE), round(step * RATE)
-    n_full = max(1, (audio.frames - n_win) // n_step + 1) if audio.frames >= n_win else 1
+    n_full = (audio.frames - n_win) // n_step + 1 if audio.frames >= n_win else 1    # full windows
     chunks = SlidingWindow(start=0.0, duration=win, step=step)
     frames = model.receptive_field                         # frame timing inside a chunk
     frame_step = frames.step

@@ -36,6 +36,9 @@ from twin.stage import Stage
 
 # yt-dlp extractors whose ids are not a site's stable video ids
 POSITIONAL_EXTRACTORS = (None, "generic", "html5")
+# why an input fails a locked fetch (the stage fails on these, not on ordinary download failures)
+LOCK_CHANGED = "content changed since the lock"
+LOCK_GONE = "in the lock, not fetched now"
 AUDIO_EXT = {".wav", ".mp3", ".m4a", ".ogg", ".opus", ".flac", ".aac", ".webm", ".mp4", ".mkv", ".mov", ".avi"}
 
 
@@ -682,12 +685,11 @@ def collect(ctx_map, items: list[dict], params: dict, out: Path) -> tuple[dict, 
                 key = lock_key(rec)
                 if key not in want:
                     rec = {**rec, "status": "skipped", "reason": "not in the lock"}
-                elif want[key] != rec.get("sha256"):
-                    rec = {**rec, "status": "failed", "reason": f"content changed since the lock "
-                                                                f"({str(want[key])[:12]} → {str(rec.get('sha256'))[:12]})"}
-                    seen_locked.add((rec["source"], key))
                 else:
                     seen_locked.add((rec["source"], key))
+                    if want[key] != rec.get("sha256"):
+                        rec = {**rec, "status": "failed", "reason": f"{LOCK_CHANGED} "
+                               f"({str(want[key])[:12]} → {str(rec.get('sha256'))[:12]})"}
                 if rec["kind"] != "videos" and rec["status"] != "ok":
                     item_ok = False
             if rec["status"] == "ok" and rec["kind"] == "videos":
@@ -713,7 +715,7 @@ def collect(ctx_map, items: list[dict], params: dict, out: Path) -> tuple[dict, 
     for label, want in sorted((locked or {}).items()):
         for key in sorted(set(want) - {k for s, k in seen_locked if s == label}):
             provenance.append({"kind": label.split(".")[1].split("[")[0], "source": label, "location": key,
-                               "status": "failed", "reason": "in the lock, not fetched now"})
+                               "status": "failed", "reason": LOCK_GONE})
     # Posts: dedup exact repeats across sources (near-duplicates are style_data's job).
     seen_text, unique_posts = set(), []
     for p in posts:
@@ -814,7 +816,7 @@ class Fetch(Stage):
             raise StageError(self.name, f"nothing usable was fetched ({counts['failed']} failed); "
                              f"see {ctx.out / 'provenance.jsonl'}")
         if settings.locked and counts["failed"]:
-            lock_failures = [f for f in failures if "lock" in f["reason"]]
+            lock_failures = [f for f in failures if f["reason"].startswith((LOCK_CHANGED, LOCK_GONE))]
             if lock_failures:
                 raise StageError(self.name, f"{len(lock_failures)} input(s) differ from the lock, first: "
                                  f"{lock_failures[0]['item']}: {lock_failures[0]['reason']}; "

@@ -128,7 +128,8 @@ def qualify_recording(item: dict, params: dict) -> dict:
         audio_rec = vocals_rec if source == "vocals" else mixture_rec
         for n, (a, b) in enumerate(cut_clips(turns, audio_rec, s, others)):
             i, j = int(a * RATE), int(b * RATE)
-            x, mixture = audio_rec.read(i, j), mixture_rec.read(i, j)
+            x = audio_rec.read(i, j)
+            mixture = x if audio_rec is mixture_rec else mixture_rec.read(i, j)
             overlap = sum(max(0.0, min(b + s["overlap_margin"], ob) - max(a - s["overlap_margin"], oa))
                           for oa, ob in others)
             snr_stem = stem_snr(vocals_rec.read(i, j), residual_rec.read(i, j)) if item["stems_trusted"] else None

@@ -107,7 +107,6 @@ class Train(Stage):
 
     def run(self, ctx) -> dict:
         import torch
-        from peft import get_peft_model
 
         from twin import training as T
         from twin.models import device as pick_device, hub_token
@@ -157,15 +156,8 @@ class Train(Stage):
                                 max_grad_norm=s.max_grad_norm, checkpoint_every=s.checkpoint_every,
                                 seed=ctx.spec.seed)
             lcfg = T.lora_config(cfg, base["id"], revision)
-            if peft_model is None:
-                torch.manual_seed(ctx.spec.seed)
-                peft_model = get_peft_model(model, lcfg, adapter_name=step)
-            else:
-                torch.manual_seed(ctx.spec.seed + 1)
-                peft_model.add_adapter(step, lcfg)
-            peft_model.base_model.set_adapter(s.steps[: s.steps.index(step) + 1])
-            for n, p in peft_model.named_parameters():      # earlier adapters stay frozen
-                p.requires_grad_(f".{step}." in n and "lora_" in n)
+            steps_now = s.steps[: s.steps.index(step) + 1]
+            peft_model = T.add_step(model, peft_model, steps_now, lcfg, ctx.spec.seed)
             work = ctx.journal / f"train-{step}"
             best = work / "best"
             done = work / "result.json"
@@ -179,14 +171,12 @@ class Train(Stage):
             if s.processes > 1 and untrained:
                 ctx.log.info("%s adapter: training in %d processes (accelerate launch)", step, s.processes)
                 ctx.progress(f"train {step} ({s.processes} processes)", 0, 1)
-                steps_now = s.steps[: s.steps.index(step) + 1]
                 T.launch_step({"source": source, "revision": revision, "device": dev, "base_id": base["id"],
-                               "config": cfg.as_dict(), "configs": {n: cfg.as_dict() for n in steps_now},
-                               "steps": steps_now, "pad_id": tok.pad_token_id, "work": str(work),
+                               "config": cfg.as_dict(), "steps": steps_now, "pad_id": tok.pad_token_id, "work": str(work),
                                "threads": s.threads or ctx.spec.threads, "train": train_set,
                                "eval": data[step, "eval"],
                                "trained": {n: str(ctx.journal / f"train-{n}" / "best") for n in steps_now[:-1]}},
-                              work, s.processes, dev.startswith("cuda"), s.threads or ctx.spec.threads)
+                              work, s.processes, dev.startswith("cuda"))
                 ctx.progress(f"train {step} ({s.processes} processes)", 1, 1)
             if done.is_file() and (best / "adapter_model.safetensors").is_file():
                 ctx.log.info("%s adapter: trained (in this run, or by its launched processes), loading it", step)

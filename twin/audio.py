@@ -98,9 +98,6 @@ class Recording:
         self._file.seek(i)
         return self._file.read(j - i, dtype="float32")
 
-    def seconds(self, a: float, b: float):
-        return self.read(int(a * self.rate), int(b * self.rate))
-
     def close(self) -> None:
         if self._file is not None:
             self._file.close()

@@ -549,27 +549,25 @@ def plot_curves(results: Iterable[StepResult], path: Path) -> None:
 
 # ----------------------------------------------------------------- several processes (accelerate launch)
 
-def build_adapters(model, steps: list[str], lcfgs: dict, seed: int, trained: dict[str, Path]):
-    """The PEFT model of a training step: earlier steps' adapters with their trained weights, frozen;
-    this step's adapter freshly initialised (seeded as in one process) and trainable."""
+def add_step(model, peft_model, steps: list[str], lcfg, seed: int):
+    """Add the adapter of the last of ``steps`` (to ``model``, or to ``peft_model`` when an earlier
+    step made one), seeded the same way in every process; activate all of ``steps`` and leave only
+    the new adapter trainable (earlier adapters stay frozen)."""
     import torch
     from peft import get_peft_model
-    peft_model = None
-    for i, name in enumerate(steps):
-        torch.manual_seed(seed if i == 0 else seed + 1)
-        if peft_model is None:
-            peft_model = get_peft_model(model, lcfgs[name], adapter_name=name)
-        else:
-            peft_model.add_adapter(name, lcfgs[name])
-        if name in trained:
-            load_best_weights(peft_model, trained[name], name)
+    name = steps[-1]
+    torch.manual_seed(seed if len(steps) == 1 else seed + 1)
+    if peft_model is None:
+        peft_model = get_peft_model(model, lcfg, adapter_name=name)
+    else:
+        peft_model.add_adapter(name, lcfg)
     peft_model.base_model.set_adapter(steps)
     for n, p in peft_model.named_parameters():
-        p.requires_grad_(f".{steps[-1]}." in n and "lora_" in n)
+        p.requires_grad_(f".{name}." in n and "lora_" in n)
     return peft_model
 
 
-def launch_step(job: dict, work: Path, processes: int, cuda: bool, threads: int) -> None:
+def launch_step(job: dict, work: Path, processes: int, cuda: bool) -> None:
     """Train one step in ``processes`` processes with ``accelerate launch`` (GPUs, or CPU processes
     over gloo); rank 0 writes ``work/best`` and ``work/result.json`` as one process would."""
     import socket
@@ -584,7 +582,7 @@ def launch_step(job: dict, work: Path, processes: int, cuda: bool, threads: int)
     # accelerate's multi-GPU launcher is torchrun; without CUDA each process falls back to MULTI_CPU (gloo)
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           "--num_cpu_threads_per_process", str(threads), "--main_process_port", str(port),
+           "--num_cpu_threads_per_process", str(job["threads"]), "--main_process_port", str(port),
            "-m", "twin.training", str(job_path)]
     env = dict(os.environ, **({} if cuda else {"CUDA_VISIBLE_DEVICES": ""}))
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
@@ -608,9 +606,12 @@ def run_job(job_path: str) -> None:
     tok, model = load_base(job["source"], job["revision"], device, cfg.quantize_4bit)
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    steps = job["steps"]
-    lcfgs = {name: lora_config(TrainConfig(**c), job["base_id"], job["revision"]) for name, c in job["configs"].items()}
-    peft_model = build_adapters(model, steps, lcfgs, cfg.seed, {k: Path(v) for k, v in job["trained"].items()})
+    steps, lcfg = job["steps"], lora_config(cfg, job["base_id"], job["revision"])
+    peft_model = None
+    for i, name in enumerate(steps):              # the stage's model: earlier adapters trained, then this one
+        peft_model = add_step(model, peft_model, steps[: i + 1], lcfg, cfg.seed)
+        if name in job["trained"]:
+            load_best_weights(peft_model, Path(job["trained"][name]), name)
     step = steps[-1]
     work = Path(job["work"])
     res = train_adapter(peft_model, step, job["train"], job["eval"], cfg, pad_id=job["pad_id"], work=work,
