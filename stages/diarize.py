@@ -40,7 +40,7 @@ class Settings(Strict):
                          description="auto: embedded for profile embedded, pyannote for full")
     min_speakers: Optional[int] = Field(None, ge=1, description="at least this many speakers per recording")
     max_speakers: Optional[int] = Field(None, ge=1, description="at most this many speakers per recording")
-    threshold: float = Field(0.22, gt=0, lt=2, description="embedded: cosine distance that separates two speakers")
+    threshold: float = Field(0.28, gt=0, lt=2, description="embedded: cosine distance that separates two speakers")
     step: float = Field(1.0, gt=0, le=5, description="embedded: seconds between two segmentation windows")
     onset: float = Field(0.5, gt=0, lt=1, description="embedded: speech starts above this score")
     offset: float = Field(0.4, gt=0, lt=1, description="embedded: and ends below this one")

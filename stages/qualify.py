@@ -1,7 +1,7 @@
 """qualify: cut the persona's turns into clips and keep only clean solo speech.
 
-Clips: the persona's segments, merged across short pauses when nobody else speaks in
-between, split at pauses (never mid-word: only where the voice is silent) when longer than
+Clips: the persona's segments (except those diarization found overlapped: they bound clips
+like another speaker's turn), merged across short pauses when nobody else speaks in between, split at pauses (never mid-word: only where the voice is silent) when longer than
 ``max_seconds``, trimmed to speech. Each clip is measured — SNR (separation stems when a
 model separated them, WADA-SNR otherwise), DNSMOS SIG/BAK/OVRL, overlap with any other
 speaker, clipping, loudness — and kept only if it passes every threshold. Kept clips are
@@ -204,8 +204,11 @@ class Qualify(Stage):
                           "vocals": str(ctx.input("separate") / r["vocals"]),
                           "residual": str(ctx.input("separate") / r["residual"]),
                           "stems_trusted": r["backend"] == "demucs", "audio_source": source,
-                          "persona": p, "others": [x for x in mine if (x["recording"], x["start"], x["end"])
-                                                   not in persona]})
+                          # the persona's overlapped pieces are not clip material: like another
+                          # speaker's turn they bound clips (a clean turn is not lost to the piece after it)
+                          "persona": [x for x in p if not x.get("overlap")],
+                          "others": [x for x in mine if (x["recording"], x["start"], x["end"]) not in persona
+                                     or x.get("overlap")]})
         results = ctx.map(qualify_recording, items, key=lambda it: it["id"],
                           params={"out": str(ctx.out), "settings": ctx.settings.model_dump()}, step="qualify")
         clips = [c for _, ok, v in results if ok for c in v["clips"]]

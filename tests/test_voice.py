@@ -46,23 +46,29 @@ def test_kept_clips_are_clean_solo_persona_speech(demo_build):
         assert covered / total >= 0.70, (name, covered / total)
 
 
+# The panel has three kept clips (about 60 words): measured 0.155 there (one word over 0.15), 0.091 on the
+# interview, 0.10 on both together (bench/RESULTS.md). Per recording this guards against regressions.
+PER_RECORDING_WER = 0.20
+
+
 def test_transcripts_against_the_script(demo_build):
-    """WER of kept transcripts with the embedded tiny.en model: 0.32 with bare clips, 0.21 since each clip
-    is padded with silence and read after the persona's vocabulary prompt (2026-11-23; ctranslate2 4.8.5,
-    faster-whisper 1.2.1). This guards against regressions of our own; the 0.15 bar of issue 5 is not met
-    by tiny.en on espeak's voice here."""
+    """Issue 5's bar: WER of the kept transcripts of both demo recordings with the embedded tiny.en model
+    <= 0.15 (2026-11-23, ctranslate2 4.8.5, faster-whisper 1.2.1)."""
     ws, _ = demo_build
     titles = _titles(ws)
-    refs, hyps = [], []
+    refs, hyps = {}, {}
     for r in read_jsonl(ws / "transcribe" / "transcripts.jsonl"):
         if not r["kept"]:
             continue
-        turns = _truth(titles[r["recording"]])
-        refs.append(normalise_text(" ".join(t["text"] for t in turns if t["speaker"] == "tamsin"
-                                            and t["start"] < r["end"] and t["end"] > r["start"])))
-        hyps.append(normalise_text(r["text"]))
-    assert len(refs) >= 5
-    assert jiwer.wer(refs, hyps) <= 0.28
+        name = titles[r["recording"]]
+        turns = _truth(name)
+        refs.setdefault(name, []).append(normalise_text(" ".join(
+            t["text"] for t in turns if t["speaker"] == "tamsin" and t["start"] < r["end"] and t["end"] > r["start"])))
+        hyps.setdefault(name, []).append(normalise_text(r["text"]))
+    assert sum(map(len, refs.values())) >= 5
+    assert jiwer.wer(sum(refs.values(), []), sum(hyps.values(), [])) <= 0.15
+    for name in refs:
+        assert jiwer.wer(refs[name], hyps[name]) <= PER_RECORDING_WER, name
 
 
 def test_exports_read_back_by_independent_readers(demo_build):
