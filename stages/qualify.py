@@ -1,7 +1,8 @@
 """qualify: cut the persona's turns into clips and keep only clean solo speech.
 
 Clips: the persona's segments (except those diarization found overlapped: they bound clips
-like another speaker's turn), merged across short pauses when nobody else speaks in between, split at pauses (never mid-word: only where the voice is silent) when longer than
+like another speaker's turn), merged across short pauses when nobody else speaks in between,
+split at pauses (never mid-word: only where the voice is silent) when longer than
 ``max_seconds``, trimmed to speech. Each clip is measured — SNR (separation stems when a
 model separated them, WADA-SNR otherwise), DNSMOS SIG/BAK/OVRL, overlap with any other
 speaker, clipping, loudness — and kept only if it passes every threshold. Kept clips are
