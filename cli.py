@@ -277,19 +277,30 @@ def diarize_cmd(ctx, audio, enroll, profile, consent, out, workers):
 @main.command("voice")
 @_audio_inputs
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="folder for the dataset")
-@click.option("--min-dnsmos", type=float, help="DNSMOS OVRL bar (default 3.0)")
-@click.option("--min-snr", type=float, help="SNR bar in dB (default 20)")
+@click.option("--min-dnsmos", type=float, help="DNSMOS OVRL floor (default 2.3)")
+@click.option("--min-snr", type=float, help="SNR floor in dB (default 12)")
+@click.option("--target-minutes", type=float, help="keep the best clips up to this many minutes (default 60)")
 @click.option("--workers", type=click.IntRange(1, 256), default=1, show_default=True)
 @click.pass_context
-def voice_cmd(ctx, audio, enroll, profile, consent, out, min_dnsmos, min_snr, workers):
+def voice_cmd(ctx, audio, enroll, profile, consent, out, min_dnsmos, min_snr, target_minutes, workers):
     """A clean, transcribed voice dataset of the persona in AUDIO files (LJSpeech, GPT-SoVITS, JSONL)."""
     from twin import adhoc
     with _progress(ctx) as progress:
         result = adhoc.voice(list(audio), out, list(enroll), profile, consent, workers, progress,
-                             qualify={"min_dnsmos": min_dnsmos, "min_snr_db": min_snr})
+                             qualify={"min_dnsmos": min_dnsmos, "min_snr_db": min_snr,
+                                      "target_minutes": target_minutes})
     s = result["summary"]
-    click.echo(f"kept {s['clips_kept']} clips, {s['seconds_kept']:.1f} s → {out} (rejected: "
-               + ", ".join(f"{k} {v}" for k, v in sorted(s["rejected_by_reason"].items())) + ")")
+    click.echo(f"kept {s['clips_kept']} clips, {s['seconds_kept']:.1f} s → {out}")
+    acc = s.get("speech_accounting", {})
+    if acc.get("rows"):
+        click.echo("where the persona's speech went (seconds):")
+        for label, sec in acc["rows"]:
+            click.echo(f"  {label:<58} {sec:>8.1f}")
+    for rec in acc.get("recordings_without_persona", []):
+        click.echo(f"{rec}: the persona was not found in this recording", err=True)
+    for need, ok in s.get("enough_for", {}).items():
+        if not ok:
+            click.echo(f"not enough for {need}: {s['seconds_kept'] / 60:.1f} min kept", err=True)
 
 
 @main.command("qa")

@@ -4,20 +4,25 @@ Clips: the persona's segments (except those diarization found overlapped: they b
 like another speaker's turn), merged across short pauses when nobody else speaks in between,
 split at pauses (never mid-word: only where the voice is silent) when longer than
 ``max_seconds``, trimmed to speech. Each clip is measured — SNR (separation stems when a
-model separated them, WADA-SNR otherwise), DNSMOS SIG/BAK/OVRL, overlap with any other
-speaker, clipping, loudness — and kept only if it passes every threshold. Kept clips are
-loudness-normalised and written as ``clips/<id>.wav``; every clip, kept or not, is a line in
-``clips.jsonl`` with its scores and its reasons.
+model separated them, else speech-vs-pause power under the Silero VAD, with the pauses around
+the clip), DNSMOS SIG/BAK/OVRL of the loudness-normalised clip, overlap with any other speaker,
+clipping, loudness. Clips above every floor are ranked (DNSMOS OVRL, then SNR) and the best are
+kept up to ``target_minutes`` (and ``keep_fraction``): a creator gets the best N minutes of
+the person, not whatever a fixed bar happens to leave. Kept clips are loudness-normalised and
+written as ``clips/<id>.wav``; every clip, kept or not, is a line in ``clips.jsonl`` with its
+scores and its reasons, and ``accounting.json`` says where every second of the persona's
+speech went (overlapped, not cut into a clip, rejected by main reason, kept).
 """
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 from pydantic import Field, model_validator
 
 from twin.audio import Recording
-from twin.cache import atomic_write_jsonl, read_jsonl
+from twin.cache import atomic_write_json, atomic_write_jsonl, read_jsonl
 from twin.errors import StageError
 from twin.registry import register
 from twin.spec import Strict
@@ -27,15 +32,35 @@ RATE = 16000
 
 
 class Settings(Strict):
-    min_seconds: float = Field(3.0, gt=0, description="shortest clip kept")
+    min_seconds: float = Field(1.0, gt=0, description="shortest clip kept (conversational turns are short; "
+                               "voiceset picks its 3-10 s reference clips among the kept ones)")
     max_seconds: float = Field(15.0, gt=0, description="longer turns are split at pauses")
-    merge_gap: float = Field(0.6, ge=0, description="merge the persona's pieces across pauses up to this long (s)")
+    merge_gap: float = Field(1.0, ge=0, description="merge the persona's pieces across pauses up to this long (s) "
+                             "when nobody else speaks in between")
     min_pause: float = Field(0.15, gt=0, description="a silence this long is a place to split (s)")
     pad: float = Field(0.08, ge=0, description="silence kept before and after speech (s)")
-    min_snr_db: float = Field(20.0, description="SNR below this is rejected")
-    min_dnsmos: float = Field(3.0, ge=1, le=5, description="DNSMOS OVRL below this is rejected")
+    # The floors below were chosen on real speech (bench/real_voices.py --quality, bench/RESULTS.md):
+    # LibriSpeech read speech as recorded measures 17-50 dB (train-clean) and 19-45 dB (test-other's
+    # amateur rooms) by speech_snr, DNSMOS OVRL 2.6-3.5 (5th percentile 2.57; 1-3 s pieces of it down
+    # to ~2.4) and SIG >= 3.2; the same speech under white, room or music noise at 5 dB SNR measures
+    # 4-6.5 dB (median) with OVRL 1.6-2.3. The SNR floor separates the two; the DNSMOS floors sit under
+    # real read speech's low tail and catch what SNR misses (distortion, codecs, reverberation).
+    min_snr_db: float = Field(12.0, ge=-20, le=100, description="floor: SNR below this is rejected "
+                              "(speech-vs-pause power under the VAD; separation stems after demucs)")
+    min_dnsmos: float = Field(2.3, ge=1, le=5, description="floor: DNSMOS OVRL below this is rejected")
+    min_dnsmos_sig: float = Field(2.9, ge=1, le=5, description="floor: DNSMOS SIG (speech distortion) below "
+                                  "this is rejected")
     max_clipping: float = Field(0.001, ge=0, le=1, description="share of clipped samples above this is rejected")
-    overlap_margin: float = Field(0.2, ge=0, description="another speaker this close to a clip counts as overlap (s)")
+    overlap_margin: float = Field(0.2, ge=0, description="another speaker's speech, widened by this (s), is cut "
+                                  "out of the persona's turns; a clip still within it is rejected as overlapped")
+    boundary_guard: float = Field(1.0, ge=0, le=5, description="another speaker this close (s) to a clip's end or "
+                                  "start: the clip ends (starts) at its last (first) pause near that boundary")
+    target_minutes: Optional[float] = Field(60.0, gt=0, description="keep the best clips above the floors until "
+                                            "this much audio (minutes); null keeps every clip above the floors")
+    keep_fraction: float = Field(1.0, gt=0, le=1, description="keep at most this best share of the clips above "
+                                 "the floors (by DNSMOS OVRL, then SNR)")
+    context_seconds: float = Field(3.0, ge=0, le=30, description="audio before and after a clip whose pauses also "
+                                   "measure the noise")
     audio_source: str = Field("auto", pattern="^(auto|vocals|mixture)$",
                               description="auto: separated vocals after demucs, the recording itself after "
                                           "dsp/none (a spectral gate's artefacts cost more than it removes)")
@@ -48,6 +73,11 @@ class Settings(Strict):
         return self
 
 
+#: rejection reasons, in the order that names a clip's main reason in the accounting
+REASONS = ("overlaps another speaker", "too short", "too long (no pause to split at)", "no speech found by the VAD",
+           "low SNR", "low DNSMOS", "clipped", "beyond target_minutes", "beyond keep_fraction")
+
+
 # ----------------------------------------------------------------- clip cutting
 
 def _frame_energy(x: np.ndarray, hop: int = 160) -> np.ndarray:
@@ -57,27 +87,62 @@ def _frame_energy(x: np.ndarray, hop: int = 160) -> np.ndarray:
     return np.sqrt(np.mean(x[: n * hop].reshape(n, hop).astype(np.float64) ** 2, axis=1))
 
 
-def silence_mask(x: np.ndarray, hop: int = 160) -> np.ndarray:
-    """Per 10 ms frame: True where the voice is silent (below 10% of its typical level, −40 dB floor)."""
+def silence_mask(x: np.ndarray, hop: int = 160, speech_level: Optional[float] = None) -> np.ndarray:
+    """Per 10 ms frame: True where the voice is silent (below 10% of its typical level — the 90th
+    percentile of ``x``'s frames, or ``speech_level`` — with a −40 dB floor)."""
     e = _frame_energy(x, hop)
     if not len(e):
         return np.zeros(0, dtype=bool)
-    speech_level = np.percentile(e, 90)
+    if speech_level is None:
+        speech_level = np.percentile(e, 90)
     return e < max(speech_level * 0.1, 10 ** (-40 / 20) * speech_level, 1e-5)
+
+
+def _has_pause(sil: np.ndarray, frames: int) -> bool:
+    """A run of at least ``frames`` silent frames in ``sil``."""
+    run = 0
+    for v in sil:
+        run = run + 1 if v else 0
+        if run >= frames:
+            return True
+    return False
+
+
+def _subtract(spans, holes) -> list[tuple[float, float]]:
+    """``spans`` with every ``holes`` interval cut out."""
+    out = []
+    for a, b in spans:
+        pieces = [(a, b)]
+        for ha, hb in holes:
+            pieces = [q for pa, pb in pieces
+                      for q in ((pa, min(pb, ha)), (max(pa, hb), pb)) if q[1] - q[0] > 1e-3]
+        out += pieces
+    return sorted(out)
 
 
 def cut_clips(turns: list[tuple[float, float]], audio, s: dict, others: list[tuple[float, float]]):
     """Persona turns → clip spans (start, end) in seconds. ``audio``: a ``twin.audio.Recording``
-    (only the turns are read)."""
+    (only the turns are read).
+
+    Another speaker's speech, widened by ``overlap_margin``, is cut out of the persona's turns
+    (diarization places boundaries to a few hundred ms): a clip ends before the next speaker
+    instead of being thrown away whole. At a quick turn change (another speaker within
+    ``boundary_guard`` seconds of the clip) with no pause between the two voices, the clip starts
+    after its first pause and ends at its last pause near that boundary (or gives up
+    ``boundary_guard`` seconds there): diarization places such changes up to ~0.7 s late on real
+    voices (bench/real_voices.py), so the words there may be the other speaker's."""
+    m = s["overlap_margin"]
+    turns = _subtract(sorted(turns), [(oa - m, ob + m) for oa, ob in others])
     # merge across short pauses with no other speaker inside
     merged: list[list[float]] = []
-    for a, b in sorted(turns):
+    for a, b in turns:
         if merged and a - merged[-1][1] <= s["merge_gap"] and not any(
                 oa < a and ob > merged[-1][1] for oa, ob in others):
             merged[-1][1] = max(merged[-1][1], b)
         else:
             merged.append([a, b])
     hop = 160
+    guard = s["boundary_guard"]
     spans = []
     for a, b in merged:
         seg = audio.read(int(a * RATE), int(b * RATE))
@@ -98,6 +163,24 @@ def cut_clips(turns: list[tuple[float, float]], audio, s: dict, others: list[tup
                 if (i - run_start) * hop / RATE >= s["min_pause"]:
                     pauses.append(a + (run_start + i) / 2 * hop / RATE)
                 run_start = None
+        if guard > 0:
+            # a boundary next to another speaker is trusted when a pause separates the two voices;
+            # otherwise (they ran into each other, or diarization placed the change late) the clip
+            # moves to its own nearest pause, or gives up ``boundary_guard`` seconds there
+            level = float(np.percentile(_frame_energy(seg, hop), 90))
+            need = max(1, int(round(s["min_pause"] * RATE / hop)))
+            before = [ob for _, ob in others if a2 - guard <= ob <= a2 + s["pad"]]
+            if before and not _has_pause(silence_mask(audio.read(int(max(before) * RATE), int(
+                    (a2 + s["pad"]) * RATE)), hop, level), need):
+                first = [p for p in pauses if a2 < p <= a2 + guard]
+                a2 = first[0] if first else a2 + guard
+            after = [oa for oa, _ in others if b2 - s["pad"] <= oa <= b2 + guard]
+            if after and not _has_pause(silence_mask(audio.read(int((b2 - s["pad"]) * RATE), int(
+                    min(after) * RATE)), hop, level), need):
+                last = [p for p in pauses if b2 - guard <= p < b2]
+                b2 = last[-1] if last else b2 - guard
+        if b2 - a2 <= 0:
+            continue
         start = a2
         while b2 - start > s["max_seconds"]:
             cands = [p for p in pauses if start + s["min_seconds"] <= p <= start + s["max_seconds"]]
@@ -112,18 +195,73 @@ def cut_clips(turns: list[tuple[float, float]], audio, s: dict, others: list[tup
 
 # ----------------------------------------------------------------- per recording
 
+def _union(spans) -> list[tuple[float, float]]:
+    out: list[list[float]] = []
+    for a, b in sorted(spans):
+        if out and a <= out[-1][1]:
+            out[-1][1] = max(out[-1][1], b)
+        else:
+            out.append([a, b])
+    return [(a, b) for a, b in out]
+
+
+def _covered(spans, by) -> float:
+    """Seconds of ``spans`` (a union) inside ``by`` (a union)."""
+    return sum(max(0.0, min(b, d) - max(a, c)) for a, b in spans for c, d in by)
+
+
+def measure_clip(x: np.ndarray, mixture: np.ndarray, context: Optional[np.ndarray], vad: str,
+                 stems: Optional[tuple[np.ndarray, np.ndarray]] = None, target_lufs: float = -23.0) -> dict:
+    """The scores of one clip: SNR (separation stems when trusted, else speech-vs-pause under the
+    VAD with ``context``'s pauses), DNSMOS on the loudness-normalised clip (OVRL, SIG, BAK; each
+    the mean over 9 s windows), clipping and loudness."""
+    from twin.quality import (clipping_ratio, dnsmos, loudness_lufs, normalise_loudness, speech_snr, stem_snr)
+    dur = len(x) / RATE
+    snr_vad = speech_snr(mixture, vad, context)
+    snr_stem = stem_snr(*stems) if stems is not None else None
+    snr = snr_stem if snr_stem is not None else snr_vad
+    mos = dnsmos(normalise_loudness(x, target_lufs)) if dur >= 1.0 else {"sig": None, "bak": None, "ovrl": None,
+                                                                           "p808": None}
+    return {"snr_db": round(snr, 2) if np.isfinite(snr) else None,
+            "snr_stem_db": round(snr_stem, 2) if snr_stem is not None else None,
+            "snr_vad_db": round(snr_vad, 2) if np.isfinite(snr_vad) else None,
+            "dnsmos": mos, "clipping": round(clipping_ratio(mixture), 5),
+            "lufs": round(loudness_lufs(x), 2) if dur >= 0.4 else None}
+
+
+def floor_reasons(clip: dict, s: dict) -> list[str]:
+    """Why a measured clip fails the hard floors (empty: it passes)."""
+    reasons = []
+    if clip["duration"] < s["min_seconds"]:
+        reasons.append("too short")
+    if clip["duration"] > s["max_seconds"]:
+        reasons.append("too long (no pause to split at)")
+    if clip.get("overlap_seconds", 0) > 0:
+        reasons.append("overlaps another speaker")
+    if clip["snr_vad_db"] is None and clip["snr_stem_db"] is None:
+        reasons.append("no speech found by the VAD")
+    elif clip["snr_db"] is None or clip["snr_db"] < s["min_snr_db"]:
+        reasons.append("low SNR")
+    mos = clip["dnsmos"]
+    if mos["ovrl"] is None or mos["ovrl"] < s["min_dnsmos"] or mos["sig"] < s["min_dnsmos_sig"]:
+        reasons.append("low DNSMOS")
+    if clip["clipping"] > s["max_clipping"]:
+        reasons.append("clipped")
+    return reasons
+
+
 def qualify_recording(item: dict, params: dict) -> dict:
     import soundfile as sf
 
-    from twin.quality import (clipping_ratio, dnsmos, loudness_lufs, normalise_loudness, stem_snr,
-                              wada_snr)
+    from twin.quality import normalise_loudness
     s = params["settings"]
     source = item["audio_source"]
     turns = [(x["start"], x["end"]) for x in item["persona"]]
     others = [(x["start"], x["end"]) for x in item["others"]]
     out = Path(params["out"])
+    ctx_n = int(s["context_seconds"] * RATE)
     clips = []
-    # streamed: only the persona's turns and clips are read, never the whole recording
+    # streamed: only the persona's turns and clips (and the context around them) are read
     with Recording(item["mixture"]) as mixture_rec, Recording(item["vocals"]) as vocals_rec, \
             Recording(item["residual"]) as residual_rec:
         audio_rec = vocals_rec if source == "vocals" else mixture_rec
@@ -131,36 +269,17 @@ def qualify_recording(item: dict, params: dict) -> dict:
             i, j = int(a * RATE), int(b * RATE)
             x = audio_rec.read(i, j)
             mixture = x if audio_rec is mixture_rec else mixture_rec.read(i, j)
+            context = np.concatenate([mixture_rec.read(i - ctx_n, i), mixture_rec.read(j, j + ctx_n)]) \
+                if ctx_n else None
             overlap = sum(max(0.0, min(b + s["overlap_margin"], ob) - max(a - s["overlap_margin"], oa))
                           for oa, ob in others)
-            snr_stem = stem_snr(vocals_rec.read(i, j), residual_rec.read(i, j)) if item["stems_trusted"] else None
-            snr_blind = wada_snr(mixture)
-            snr = snr_stem if snr_stem is not None else snr_blind
-            dur = len(x) / RATE
-            mos = dnsmos(x) if dur >= 1.0 else {"sig": None, "bak": None, "ovrl": None, "p808": None}
+            stems = (vocals_rec.read(i, j), residual_rec.read(i, j)) if item["stems_trusted"] else None
             clip = {"id": f"{item['id']}-{n:04d}", "recording": item["id"], "start": round(a, 3),
-                    "end": round(b, 3), "duration": round(dur, 3),
-                    "snr_db": round(snr, 2) if np.isfinite(snr) else None,
-                    "snr_stem_db": round(snr_stem, 2) if snr_stem is not None else None,
-                    "wada_snr_db": round(snr_blind, 2) if np.isfinite(snr_blind) else None,
-                    "dnsmos": mos, "overlap_seconds": round(overlap, 3),
-                    "clipping": round(clipping_ratio(mixture), 5),
-                    "lufs": round(loudness_lufs(x), 2) if dur >= 0.4 else None, "audio_source": source}
-            reasons = []
-            if dur < s["min_seconds"]:
-                reasons.append("too short")
-            if dur > s["max_seconds"]:
-                reasons.append("too long (no pause to split at)")
-            if overlap > 0:
-                reasons.append("overlaps another speaker")
-            if clip["snr_db"] is None or clip["snr_db"] < s["min_snr_db"]:
-                reasons.append("low SNR")
-            if mos["ovrl"] is None or mos["ovrl"] < s["min_dnsmos"]:
-                reasons.append("low DNSMOS")
-            if clip["clipping"] > s["max_clipping"]:
-                reasons.append("clipped")
-            clip["kept"] = not reasons
-            clip["reasons"] = reasons
+                    "end": round(b, 3), "duration": round(len(x) / RATE, 3), "overlap_seconds": round(overlap, 3),
+                    "audio_source": source,
+                    **measure_clip(x, mixture, context, params["vad"], stems, s["target_lufs"])}
+            clip["reasons"] = floor_reasons(clip, s)
+            clip["kept"] = not clip["reasons"]
             if clip["kept"]:
                 y = normalise_loudness(x, s["target_lufs"])
                 path = out / "clips" / f"{clip['id']}.wav"
@@ -170,7 +289,42 @@ def qualify_recording(item: dict, params: dict) -> dict:
                 tmp.replace(path)
                 clip["path"] = f"clips/{clip['id']}.wav"
             clips.append(clip)
-    return {"clips": clips}
+    # where the persona's speech went, in seconds
+    persona = _union(turns)
+    overlapped = _union((x["start"], x["end"]) for x in item["persona_overlapped"])
+    clip_spans = _union((c["start"], c["end"]) for c in clips)
+    for c in clips:
+        c["persona_seconds"] = round(_covered([(c["start"], c["end"])], persona), 3)
+    account = {"persona": round(sum(b - a for a, b in _union(turns + overlapped)), 3),
+               "overlapped": round(sum(b - a for a, b in overlapped), 3),
+               "in_clips": round(_covered(persona, clip_spans), 3)}
+    account["not_cut"] = round(account["persona"] - account["overlapped"] - account["in_clips"], 3)
+    return {"clips": clips, "account": account}
+
+
+def select(clips: list[dict], s: dict) -> None:
+    """Keep the best clips above the floors, up to ``target_minutes`` and ``keep_fraction``
+    (best: DNSMOS OVRL, then SNR, then id for a stable order); the others get their reason."""
+    passing = sorted((c for c in clips if c["kept"]),
+                     key=lambda c: (-c["dnsmos"]["ovrl"], -(c["snr_db"] or 0.0), c["id"]))
+    budget = s["target_minutes"] * 60 if s.get("target_minutes") else float("inf")
+    most = max(1, int(np.ceil(s["keep_fraction"] * len(passing))))
+    total = 0.0
+    for n, c in enumerate(passing):
+        if n >= most:
+            c["reasons"].append("beyond keep_fraction")
+        elif total >= budget:
+            c["reasons"].append("beyond target_minutes")
+        else:
+            total += c["duration"]
+            continue
+        c["kept"] = False
+
+
+def main_reason(reasons: list[str]) -> str:
+    """The one reason a rejected clip is counted under (the first in ``REASONS``' order)."""
+    known = [r for r in REASONS if r in reasons]
+    return known[0] if known else reasons[0]
 
 
 @register
@@ -179,8 +333,8 @@ class Qualify(Stage):
     version = "1"
     summary = "cut the persona's turns into clips; keep clean solo speech (SNR, DNSMOS, overlap, clipping)"
     reads = ("fetch", "separate", "diarize", "identify")
-    model_roles = ("dnsmos",)
-    libraries = ("speechmos", "pyloudnorm", "onnxruntime")
+    model_roles = ("dnsmos", "vad")
+    libraries = ("speechmos", "silero-vad", "pyloudnorm", "onnxruntime")
     Settings = Settings
 
     def run(self, ctx) -> dict:
@@ -208,20 +362,38 @@ class Qualify(Stage):
                           # the persona's overlapped pieces are not clip material: like another
                           # speaker's turn they bound clips (a clean turn is not lost to the piece after it)
                           "persona": [x for x in p if not x.get("overlap")],
+                          "persona_overlapped": [x for x in p if x.get("overlap")],
                           "others": [x for x in mine if (x["recording"], x["start"], x["end"]) not in persona
                                      or x.get("overlap")]})
+        settings = ctx.settings.model_dump()
         results = ctx.map(qualify_recording, items, key=lambda it: it["id"],
-                          params={"out": str(ctx.out), "settings": ctx.settings.model_dump()}, step="qualify")
+                          params={"out": str(ctx.out), "settings": settings,
+                                  "vad": ctx.models["vad"].location}, step="qualify")
         clips = [c for _, ok, v in results if ok for c in v["clips"]]
         if items and not any(ok for _, ok, _ in results):
             raise StageError(self.name, f"no recording could be qualified: {ctx.failures[0]['reason']}")
+        select(clips, settings)
+        for c in clips:
+            if not c["kept"] and c.get("path"):
+                (ctx.out / c.pop("path")).unlink()
         atomic_write_jsonl(ctx.out / "clips.jsonl", clips)
+        account = {"recordings": {item["id"]: v["account"] for item, ok, v in results if ok}}
+        for key in ("persona", "overlapped", "in_clips", "not_cut"):
+            account[key] = round(sum(r[key] for r in account["recordings"].values()), 3)
+        rejected: dict[str, float] = {}
+        for c in clips:
+            if not c["kept"]:
+                r = main_reason(c["reasons"])
+                rejected[r] = round(rejected.get(r, 0.0) + c["persona_seconds"], 3)
+        account["rejected_seconds"] = dict(sorted(rejected.items()))
+        account["kept_seconds"] = round(sum(c["persona_seconds"] for c in clips if c["kept"]), 3)
+        atomic_write_json(ctx.out / "accounting.json", account)
         kept = [c for c in clips if c["kept"]]
         reasons: dict[str, int] = {}
         for c in clips:
             for r in c["reasons"]:
                 reasons[r] = reasons.get(r, 0) + 1
         if clips and not kept:
-            ctx.log.warning("no clip passed the thresholds: %s", reasons)
+            ctx.log.warning("no clip passed the floors: %s", reasons)
         return {"clips": len(clips), "kept": len(kept), "kept_seconds": round(sum(c["duration"] for c in kept), 2),
                 "rejected_by_reason": reasons}

@@ -57,11 +57,40 @@ def _link(src: Path, dst: Path) -> None:
         shutil.copyfile(src, dst)
 
 
-def _plot(path: Path, clips: list[dict], kept_ids: set[str]) -> None:
+def speech_accounting(account: dict, clips: dict[str, dict], texts: dict[str, dict], identify: dict) -> dict:
+    """Where every second of the persona's speech went: overlapped, not cut into a clip, each
+    rejection reason (qualify's main reason, then transcription's), kept. The rows add up to the
+    persona's speech; recordings where the persona was not found are counted beside them."""
+    rows = [("persona speech", account.get("persona", 0.0)),
+            ("overlapped with another speaker", -account.get("overlapped", 0.0)),
+            ("between clips (pauses trimmed, pieces without speech)", -account.get("not_cut", 0.0))]
+    rows += [(f"rejected: {reason}", -sec) for reason, sec in account.get("rejected_seconds", {}).items()]
+    transcribe: dict[str, float] = {}
+    kept = 0.0
+    for cid, c in clips.items():
+        if not c["kept"]:
+            continue
+        t = texts.get(cid)
+        if t is not None and not t["kept"]:
+            reason = f"rejected at transcription: {t['reasons'][0]}"
+            transcribe[reason] = transcribe.get(reason, 0.0) + c.get("persona_seconds", c["duration"])
+        else:
+            kept += c.get("persona_seconds", c["duration"])
+    rows += [(reason, -sec) for reason, sec in sorted(transcribe.items())]
+    rows.append(("kept", kept))
+    rows = [(label, round(sec, 2)) for label, sec in rows]
+    missing = sorted(rec for rec, r in identify.get("recordings", {}).items() if not r.get("found"))
+    return {"rows": rows, "recordings_without_persona": missing,
+            "note": "seconds of the persona's diarized speech; negative rows are where it went"}
+
+
+def _plot(path: Path, clips: list[dict], kept_ids: set[str], accounting: dict) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    fig = plt.figure(figsize=(13, 7.6))
+    grid = fig.add_gridspec(2, 3, height_ratios=[1, 1.1])
+    axes = [fig.add_subplot(grid[0, k]) for k in range(3)]
     for ax, key, label in ((axes[0], "snr_db", "SNR (dB)"), (axes[1], "ovrl", "DNSMOS OVRL"),
                            (axes[2], "duration", "clip length (s)")):
         def val(c):
@@ -73,6 +102,18 @@ def _plot(path: Path, clips: list[dict], kept_ids: set[str]) -> None:
         ax.set_xlabel(label)
         ax.set_ylabel("clips")
     axes[0].legend()
+    ax = fig.add_subplot(grid[1, :])
+    rows = accounting["rows"]
+    labels = [label for label, _ in rows]
+    values = [abs(sec) for _, sec in rows]
+    colours = ["#357" if k == 0 else "#2a7" if label == "kept" else "#c44" for k, (label, _) in enumerate(rows)]
+    ax.barh(range(len(rows)), values, color=colours)
+    ax.set_yticks(range(len(rows)), labels, fontsize=8)
+    ax.invert_yaxis()
+    for k, v in enumerate(values):
+        ax.text(v, k, f" {v:.1f} s", va="center", fontsize=8)
+    ax.set_xlabel("seconds of the persona's speech")
+    ax.set_title("where the persona's speech went")
     fig.suptitle("voice dataset: kept vs rejected clips")
     fig.tight_layout()
     buf = io.BytesIO()
@@ -166,6 +207,14 @@ class Voiceset(Stage):
             "models": {role: f"{m['ref']}@{m['version']}" for role, m in
                        read_json(ctx.input("transcribe") / "_manifest.json").get("models", {}).items()},
         }
+        accounting_path = ctx.input("qualify") / "accounting.json"
+        account = read_json(accounting_path) if accounting_path.is_file() else {}
+        summary["speech_accounting"] = speech_accounting(account, clips, texts,
+                                                         read_json(ctx.input("identify") / "identify.json"))
+        minutes = summary["seconds_kept"] / 60
+        summary["enough_for"] = {
+            "zero-shot cloning reference (>= 1 min)": minutes >= 1.0,
+            "fine-tuning a voice model (>= 30 min)": minutes >= 30.0}
         atomic_write_json(ctx.out / "summary.json", summary)
-        _plot(ctx.out / "summary.png", all_clips, {r["id"] for r in rows})
+        _plot(ctx.out / "summary.png", all_clips, {r["id"] for r in rows}, summary["speech_accounting"])
         return {"clips": len(rows), "seconds": summary["seconds_kept"], "references": len(refs)}

@@ -82,3 +82,64 @@ def speak(path: Path, parts, rate: int = 16000) -> list[tuple[float, float, str]
     mix += 0.001 * np.random.default_rng(0).standard_normal(len(mix)).astype("float32")
     sf.write(path, mix, rate, subtype="PCM_16")
     return turns
+
+
+CHAT_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>{% endfor %}"
+                 "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory):
+    """A 2-layer Llama with random weights and a BPE tokenizer trained here: built once per session,
+    shared by every test that trains or generates."""
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    d = tmp_path_factory.mktemp("tiny")
+    corpus = ["The tide sets the schedule and I follow along.", "Kelp grows fast in cold water.",
+              "Steady tides, everyone.", "I farm seaweed in Ardley Bay."] * 20
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    specials = ["<unk>", "<pad>", "<|end|>", "<|system|>", "<|user|>", "<|assistant|>"]
+    tok.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=300, special_tokens=specials,
+                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    from tokenizers import decoders
+    tok.decoder = decoders.ByteLevel()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>", eos_token="<|end|>")
+    fast.chat_template = CHAT_TEMPLATE
+    fast.save_pretrained(d)
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(fast), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=256,
+                      pad_token_id=fast.pad_token_id, eos_token_id=fast.eos_token_id)
+    LlamaForCausalLM(cfg).save_pretrained(d, safe_serialization=True)
+    return d
+
+
+TINY_SPEC = """id: tiny-twin
+name: Tamsin Vell
+aliases: [Vell, Tamsin]
+consent: {{basis: {basis}, evidence: "fictional persona", evidence_file: demo/consent.txt}}
+workspace: ws
+sources: {{posts: [demo/posts.jsonl], facts: [demo/bio.md]}}
+models: {{base_model: {base}}}
+stages:
+  memory_data: {{answer_method: rule}}
+  train: {{rank: 8, alpha: 16, epochs: 2, learning_rate: 0.003, max_length: 256, batch_size: 4}}
+  evaluate: {{max_memory_questions: 6, max_style_prompts: 4, max_new_tokens: 12}}
+{extra}"""
+
+
+@pytest.fixture(scope="session")
+def tiny_twin(tmp_path_factory, tiny_model):
+    """A demo-like twin (posts and bio of the demo persona) trained on the tiny model: every stage from
+    fetch to package, built once per session; (folder, spec path)."""
+    d = tmp_path_factory.mktemp("art")
+    (d / "demo").mkdir()
+    for name in ("posts.jsonl", "bio.md", "consent.txt"):
+        shutil.copy(DEMO / name, d / "demo" / name)
+    spec = d / "spec.yaml"
+    spec.write_text(TINY_SPEC.format(basis="self", base=tiny_model, extra=""))
+    out = run_twin("build", spec, timeout=1500)
+    assert out.returncode == 0, out.stderr
+    return d, spec

@@ -13,37 +13,14 @@ import time
 
 import pytest
 
-from conftest import DEMO, TWIN, run_twin
-from test_llm import tiny_model  # noqa: F401 - the fixture
+from conftest import TINY_SPEC as SPEC, TWIN, run_twin
 from twin.cache import read_json
 
 pytestmark = pytest.mark.slow
 
-SPEC = """id: tiny-twin
-name: Tamsin Vell
-aliases: [Vell, Tamsin]
-consent: {{basis: {basis}, evidence: "fictional persona", evidence_file: demo/consent.txt}}
-workspace: ws
-sources: {{posts: [demo/posts.jsonl], facts: [demo/bio.md]}}
-models: {{base_model: {base}}}
-stages:
-  memory_data: {{answer_method: rule}}
-  train: {{rank: 8, alpha: 16, epochs: 2, learning_rate: 0.003, max_length: 256, batch_size: 4}}
-  evaluate: {{max_memory_questions: 6, max_style_prompts: 4, max_new_tokens: 12}}
-{extra}"""
-
-
-@pytest.fixture(scope="module")
-def built(tmp_path_factory, tiny_model):
-    d = tmp_path_factory.mktemp("art")
-    (d / "demo").mkdir()
-    for name in ("posts.jsonl", "bio.md", "consent.txt"):
-        shutil.copy(DEMO / name, d / "demo" / name)
-    spec = d / "spec.yaml"
-    spec.write_text(SPEC.format(basis="self", base=tiny_model, extra=""))
-    out = run_twin("build", spec, timeout=1500)
-    assert out.returncode == 0, out.stderr
-    return d, spec
+@pytest.fixture
+def built(tiny_twin):
+    return tiny_twin
 
 
 def test_demo_like_build_ends_in_a_verified_artifact_and_report(built):

@@ -8,37 +8,6 @@ import pytest
 
 from twin.llm import CachedLLM, GenParams, OpenAIHTTPLLM, TransformersLLM
 
-CHAT_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>{% endfor %}"
-                 "{% if add_generation_prompt %}<|assistant|>{% endif %}")
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    """A 2-layer Llama with random weights and a BPE tokenizer trained here."""
-    import torch
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-    d = tmp_path_factory.mktemp("tiny")
-    corpus = ["The tide sets the schedule and I follow along.", "Kelp grows fast in cold water.",
-              "Steady tides, everyone.", "I farm seaweed in Ardley Bay."] * 20
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    specials = ["<unk>", "<pad>", "<|end|>", "<|system|>", "<|user|>", "<|assistant|>"]
-    tok.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=300, special_tokens=specials,
-                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    from tokenizers import decoders
-    tok.decoder = decoders.ByteLevel()
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>", eos_token="<|end|>")
-    fast.chat_template = CHAT_TEMPLATE
-    fast.save_pretrained(d)
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(fast), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=256,
-                      pad_token_id=fast.pad_token_id, eos_token_id=fast.eos_token_id)
-    LlamaForCausalLM(cfg).save_pretrained(d, safe_serialization=True)
-    return d
-
-
 CONVS = [[{"role": "user", "content": "Tell me about kelp."}],
          [{"role": "system", "content": "You are Tamsin Vell."}, {"role": "user", "content": "Where do you farm?"}],
          [{"role": "user", "content": "Steady?"}]]

@@ -1,6 +1,5 @@
 """memory_data: first-person, grounded QA pairs from the demo's third-person bio."""
 from stages.memory_data import first_person, questions_for, third_person_hits
-from test_llm import tiny_model  # noqa: F401 - the fixture
 from twin.cache import read_json, read_jsonl
 
 NAMES = ["Tamsin Vell", "Vell", "Tamsin"]

@@ -5,7 +5,6 @@ import json
 import pytest
 import torch
 
-from test_llm import tiny_model  # noqa: F401 - the fixture
 from twin import training as T
 from twin.cache import read_json, read_jsonl
 

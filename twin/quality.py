@@ -1,4 +1,13 @@
-"""Speech quality measures: WADA-SNR (blind), stem SNR, DNSMOS, clipping, loudness.
+"""Speech quality measures: speech-vs-pause SNR (under the Silero VAD), WADA-SNR, stem SNR, DNSMOS,
+clipping, loudness.
+
+``speech_snr`` is the estimate qualify uses on real recordings: the Silero VAD marks speech and
+pauses; the noise power is the median power of the 8 ms frames in pauses (the clip's own, and
+those of the audio around it when given), the speech power the mean power of the speech frames
+minus that noise. Checked against LibriSpeech speech mixed with white, room and music noise at
+known SNRs (``bench/real_voices.py --snr``, bench/RESULTS.md). WADA-SNR is kept for reference: on
+real speech it reads clean read speech 10–20 dB low (its Gamma model fits espeak's speech, not
+people's).
 
 WADA-SNR (Kim & Stern, 2008) models clean speech amplitudes as Gamma-distributed (shape 0.4)
 and noise as Gaussian; the statistic G = log(mean|x|) − mean(log|x|) rises monotonically with
@@ -8,10 +17,69 @@ fixed seed, then the measured G is interpolated in it.
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Optional
 
 import numpy as np
 
 RATE = 16000
+VAD_WINDOW = 512      # the Silero VAD scores 32 ms windows at 16 kHz
+FRAME = 128           # 8 ms frames for the powers (four per VAD window)
+
+
+@lru_cache(maxsize=2)
+def _vad_model(path: str):
+    """The Silero VAD (ONNX, shipped in the ``silero-vad`` package), loaded once per process."""
+    from silero_vad.utils_vad import OnnxWrapper
+    return OnnxWrapper(path, force_onnx_cpu=True)
+
+
+def speech_probability(x: np.ndarray, vad_path: str) -> np.ndarray:
+    """Silero's speech probability of every 32 ms window of 16 kHz audio."""
+    import torch
+    if len(x) < VAD_WINDOW:
+        return np.zeros(0, dtype=np.float32)
+    with torch.inference_mode():
+        p = _vad_model(vad_path).audio_forward(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)), RATE)
+    return p.numpy()[0][: len(x) // VAD_WINDOW]
+
+
+def _frames(x: np.ndarray, prob: np.ndarray, speech_at: float, pause_at: float):
+    """10 ms frame powers of ``x`` and, per frame, whether its VAD window is speech or a clear pause
+    (a pause window next to speech is neither: it holds the speech's onset or tail)."""
+    n = len(prob)
+    power = np.mean(x[: n * VAD_WINDOW].astype(np.float64).reshape(-1, FRAME) ** 2, axis=1)
+    win = np.arange(len(power)) * FRAME // VAD_WINDOW
+    speech_w = prob >= speech_at
+    near = np.convolve(speech_w.astype(int), np.ones(3, dtype=int), "same") > 0
+    pause_w = (prob <= pause_at) & ~near
+    return power, speech_w[win], pause_w[win]
+
+
+def speech_snr(x: np.ndarray, vad_path: str, context: Optional[np.ndarray] = None,
+               speech_at: float = 0.5, pause_at: float = 0.3) -> float:
+    """SNR (dB) of the speech in ``x``: speech-frame power over pause-frame power, under the VAD.
+
+    ``context``: audio around the clip (the recording before and after it); its pauses add to
+    the clip's own when measuring the noise, which matters for clips trimmed to their speech.
+    With less than 0.2 s of pauses anywhere, the noise is the 5th percentile of the clip's frame
+    powers (the quietest moments between words). Returns NaN when the VAD finds no speech."""
+    x = np.asarray(x, dtype=np.float32)
+    prob = speech_probability(x, vad_path)
+    if not len(prob):
+        return float("nan")
+    power, speech, pause = _frames(x, prob, speech_at, pause_at)
+    if not speech.any():
+        return float("nan")
+    noise = [power[pause]]
+    if context is not None and len(context) >= VAD_WINDOW:
+        cp = speech_probability(np.asarray(context, dtype=np.float32), vad_path)
+        cpow, _, cpause = _frames(np.asarray(context, dtype=np.float32), cp, speech_at, pause_at)
+        noise.append(cpow[cpause])
+    pauses = np.concatenate(noise)
+    noise_power = float(np.median(pauses)) if len(pauses) >= 20 else float(np.percentile(power, 5))
+    noise_power = max(noise_power, 1e-12)
+    speech_power = float(np.mean(power[speech]))
+    return float(np.clip(10 * np.log10(max(speech_power - noise_power, 1e-12) / noise_power), -20.0, 100.0))
 
 
 @lru_cache(maxsize=1)

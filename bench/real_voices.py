@@ -1,0 +1,239 @@
+"""The voice pipeline on real human speech (LibriSpeech): SNR estimator error, quality floors, conversations.
+
+    .venv/bin/python bench/real_voices.py [--snr] [--quality] [--bed] [--sweep] [--all]
+
+--snr      real speech mixed with white, room and music noise at known SNRs (0-40 dB): the error of
+           ``twin.quality.speech_snr`` (the estimate qualify uses) and of WADA-SNR, per SNR.
+--quality  share of utterances that pass qualify's default floors: clean train-clean, test-other
+           at its own noise level, and both under noise at 5 dB SNR.
+--bed      the real-voice conversations of ``tests/realvoice.py`` through the voice pipeline with
+           default settings: DER, persona purity and recall, clean persona speech kept, kept clips
+           with another speaker or under noise/music, where the persona's speech went.
+--sweep    the diarization clustering threshold over the conversations and the demo recordings.
+
+Reads the whole corpus from ../shared/real-speech when present, else the committed subset.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+import realvoice as rv  # noqa: E402
+
+SNRS = (0, 5, 10, 15, 20, 25, 30, 35, 40)
+NOISES = ("white", "room", "music")
+
+
+def _vad() -> str:
+    from twin.models import package_file
+    return str(package_file("silero-vad", "silero_vad/data/silero_vad.onnx"))
+
+
+def _own_snr(x: np.ndarray) -> float:
+    """A recording's own SNR, independent of the estimator under test: active speech power over the
+    mean power of its quietest 10% of 10 ms frames (its noise floor)."""
+    n = len(x) // 160
+    p = np.mean(x[: n * 160].astype(np.float64).reshape(n, 160) ** 2, axis=1)
+    floor = float(np.mean(np.sort(p)[: max(1, n // 10)]))
+    return 10 * np.log10(rv.active_power(x) / max(floor, 1e-12))
+
+
+def _files(root: Path) -> dict[str, list[Path]]:
+    return {"train-clean": sorted((root / "train-clean-100").glob("*.flac")),
+            "test-other": sorted((root / "test-other").glob("*/*.flac"))}
+
+
+def snr_table(root: Path, limit: int) -> list[str]:
+    from twin.quality import speech_snr, wada_snr
+    vad = _vad()
+    rng = np.random.default_rng(0)
+    files = _files(root)
+    files = files["train-clean"][::max(1, len(files["train-clean"]) // limit)][:limit] + \
+        files["test-other"][::max(1, len(files["test-other"]) // limit)][:limit]
+    errs: dict[tuple, list] = {}
+    for f in files:
+        x = rv.load(f)
+        own = _own_snr(x)
+        for kind in NOISES:
+            noise = rv.COVERS[kind](len(x), rng)
+            for snr in SNRS:
+                y = rv.mix_at_snr(x, noise, snr)
+                # the truth: the added noise and the recording's own floor together
+                truth = -10 * np.log10(10 ** (-snr / 10) + 10 ** (-own / 10))
+                errs.setdefault((kind, snr), []).append((speech_snr(y, vad) - truth, wada_snr(y) - truth, truth))
+    lines = [f"SNR estimators on {len(files)} LibriSpeech utterances ({limit} train-clean, {limit} test-other) "
+             "mixed with noise at known SNRs; truth = the added noise together with each recording's own floor",
+             "", "| noise | set SNR | mean truth | speech_snr error: mean | mean abs | max abs | WADA error: mean "
+             "| mean abs |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for (kind, snr), v in errs.items():
+        a = np.array(v)
+        lines.append(f"| {kind} | {snr} | {a[:, 2].mean():.1f} | {a[:, 0].mean():+.2f} | {np.abs(a[:, 0]).mean():.2f} "
+                     f"| {np.abs(a[:, 0]).max():.2f} | {a[:, 1].mean():+.2f} | {np.abs(a[:, 1]).mean():.2f} |")
+    # monotone above 30 dB: the mean estimate still rises with the set SNR
+    for kind in NOISES:
+        means = [np.mean([e + t for e, _, t in errs[(kind, snr)]]) for snr in SNRS]
+        lines.append(f"\n{kind}: mean estimate per set SNR " + ", ".join(f"{m:.1f}" for m in means)
+                     + f" — monotone: {all(b > a for a, b in zip(means, means[1:]))}")
+    return lines
+
+
+def quality_table(root: Path) -> list[str]:
+    from stages.qualify import Settings, floor_reasons, measure_clip
+    s = Settings().model_dump()
+    vad = _vad()
+    rng = np.random.default_rng(1)
+    lines = ["", "share of utterances passing qualify's default floors (SNR, DNSMOS OVRL and SIG, clipping); "
+             f"min_snr_db {s['min_snr_db']}, min_dnsmos {s['min_dnsmos']}, min_dnsmos_sig {s['min_dnsmos_sig']}",
+             "", "| set | utterances | condition | passing | SNR median (p5) | OVRL median (p5) | SIG median (p5) |",
+             "|---|---:|---|---:|---:|---:|---:|"]
+    for name, files in _files(root).items():
+        for cond in ("as recorded", "white 5 dB", "room 5 dB", "music 5 dB", "music 10 dB"):
+            rows = []
+            for f in files:
+                x = rv.load(f)
+                if cond != "as recorded":
+                    kind, snr = cond.split()[0], float(cond.split()[1])
+                    x = rv.mix_at_snr(x, rv.COVERS[kind](len(x), rng), snr)
+                m = measure_clip(x, x, None, vad, None, s["target_lufs"])
+                clip = {"duration": 5.0, **m}
+                reasons = [r for r in floor_reasons(clip, s) if r not in ("too short", "too long (no pause to split at)")]
+                rows.append((not reasons, m["snr_db"] or -99, m["dnsmos"]["ovrl"], m["dnsmos"]["sig"]))
+            a = np.array(rows, dtype=float)
+            lines.append(f"| {name} | {len(rows)} | {cond} | {a[:, 0].mean():.3f} | {np.median(a[:, 1]):.1f} "
+                         f"({np.percentile(a[:, 1], 5):.1f}) | {np.median(a[:, 2]):.2f} ({np.percentile(a[:, 2], 5):.2f}) "
+                         f"| {np.median(a[:, 3]):.2f} ({np.percentile(a[:, 3], 5):.2f}) |")
+    return lines
+
+
+def bed_build(folder: Path, root: Path, settings: dict | None = None):
+    """The conversations built and run through `twin voice` (one build per conversation, its own enrollment)."""
+    from twin import adhoc
+    bed = rv.build_bed(folder / "bed", root)
+    results = {}
+    for name, conv in bed.items():
+        t0 = time.perf_counter()
+        res = adhoc.voice([str(conv["wav"])], folder / name, [str(conv["enroll"])], qualify=settings)
+        results[name] = (conv, folder / name / ".work", time.perf_counter() - t0, res)
+    return results
+
+
+def bed_scores(conv: dict, ws: Path) -> dict:
+    """Diarization and selection quality of one conversation's build against its truth."""
+    from twin.cache import read_json, read_jsonl
+    from twin.metrics import der, load_rttm, persona_purity_recall
+    rid = read_jsonl(ws / "fetch" / "videos.jsonl")[0]["id"]
+    ref = [(x["start"], x["end"], x["speaker"]) for x in conv["truth"]]
+    hyp = load_rttm(ws / "diarize" / f"{rid}.rttm").get(rid, [])
+    ident = read_json(ws / "identify" / "identify.json")["recordings"].get(rid, {})
+    persona = [(x["start"], x["end"]) for x in read_jsonl(ws / "identify" / "persona_segments.jsonl")]
+    pr = persona_purity_recall(ref, persona, conv["persona"])
+    clips = read_jsonl(ws / "qualify" / "clips.jsonl")
+    texts = {r["id"]: r for r in read_jsonl(ws / "transcribe" / "transcripts.jsonl")}
+    kept = [c for c in clips if c["kept"] and texts.get(c["id"], {}).get("kept")]
+    clean = rv.clean_persona_seconds(conv["truth"], conv["persona"])
+    total = sum(b - a for a, b in clean)
+    covered = sum(max(0.0, min(c["end"], b) - max(c["start"], a)) for c in kept for a, b in clean)
+    bad = [c["id"] for c in kept for t in conv["truth"]
+           if t["start"] < c["end"] - 0.05 and t["end"] > c["start"] + 0.05
+           and (t["speaker"] != conv["persona"] or t["noisy"] or t["music"])]
+    return {"der": der(ref, hyp), "found": ident.get("found"), "similarity": ident.get("similarity"),
+            "purity": pr["purity"], "recall": pr["recall"], "clean_total": total,
+            "clean_kept": covered / total if total else float("nan"), "kept": len(kept), "bad": sorted(set(bad)),
+            "summary": read_json(ws / "voiceset" / "summary.json")}
+
+
+def bed_table(results: dict) -> list[str]:
+    lines = ["", "| conversation | seconds to build | DER | missed | false alarm | confusion | persona found "
+             "(similarity) | purity | recall | clean persona s | kept of it | kept clips | with another speaker "
+             "or noise |", "|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|"]
+    where = []
+    for name, (conv, ws, secs, _) in results.items():
+        sc = bed_scores(conv, ws)
+        d = sc["der"]
+        lines.append(f"| {name} | {secs:.0f} | {d['der']:.3f} | {d['missed']:.3f} | {d['false_alarm']:.3f} | "
+                     f"{d['confusion']:.3f} | {sc['found']} ({sc['similarity']}) | {sc['purity']:.3f} | "
+                     f"{sc['recall']:.3f} | {sc['clean_total']:.1f} | {sc['clean_kept']:.3f} | {sc['kept']} | "
+                     f"{len(sc['bad'])} |")
+        w = sc["summary"].get("speech_accounting", {})
+        where.append(f"{name}: " + ", ".join(f"{k} {v}" for k, v in w.get("rows", [])))
+    return lines + ["", "where the persona's speech went (seconds):", ""] + where
+
+
+def sweep_table(results: dict, demo_ws: Path | None) -> list[str]:
+    from stages.diarize import Settings, global_speakers, local_speakers
+    from twin.audio import Recording
+    from twin.cache import read_jsonl
+    from twin.metrics import der, load_rttm
+    from twin.models import package_file
+    seg = str(package_file("whisperx", "whisperx/assets/pytorch_model.bin"))
+    enc = str(package_file("resemblyzer", "resemblyzer/pretrained.pt"))
+    cases = []
+    for name, (conv, ws, _, _) in results.items():
+        sep = read_jsonl(ws / "separate" / "separation.jsonl")[0]
+        cases.append((name, ws / "separate" / sep["vocals"], ws / "separate" / sep["residual"],
+                      [(x["start"], x["end"], x["speaker"]) for x in conv["truth"]]))
+    if demo_ws is not None:
+        titles = {v["id"]: v["title"] for v in read_jsonl(demo_ws / "fetch" / "videos.jsonl")}
+        for sep in read_jsonl(demo_ws / "separate" / "separation.jsonl"):
+            t = titles[sep["id"]]
+            cases.append((f"demo {t}", demo_ws / "separate" / sep["vocals"], demo_ws / "separate" / sep["residual"],
+                          load_rttm(ROOT / "persona_specs" / "demo" / f"{t}.rttm")[t]))
+    locals_ = {}
+    for name, voc, res, _ in cases:
+        with Recording(voc) as a, Recording(res) as r:
+            locals_[name] = (local_speakers(a, r, seg, enc, Settings().model_dump()), a.duration)
+    ths = (0.20, 0.25, 0.28, 0.30, 0.33, 0.36, 0.40, 0.45, 0.50)
+    lines = ["", "diarization clustering threshold (DER, speakers found), same embeddings:", "",
+             "| threshold | " + " | ".join(c[0] for c in cases) + " | mean |", "|---:|" + "---:|" * (len(cases) + 1)]
+    for th in ths:
+        cells, ders = [], []
+        for name, _, _, ref in cases:
+            local, dur = locals_[name]
+            segs, spk = global_speakers(local, dur, Settings(threshold=th).model_dump())
+            d = der(ref, [(x["start"], x["end"], x["speaker"]) for x in segs])["der"]
+            ders.append(d)
+            cells.append(f"{d:.3f} ({len(spk)})")
+        lines.append(f"| {th:.2f} | " + " | ".join(cells) + f" | {np.mean(ders):.3f} |")
+    return lines
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    for flag in ("snr", "quality", "bed", "sweep", "all"):
+        ap.add_argument(f"--{flag}", action="store_true")
+    ap.add_argument("--limit", type=int, default=20, help="--snr: utterances per set")
+    ap.add_argument("--demo-workspace", type=Path, help="--sweep: a demo build to include")
+    ap.add_argument("--committed", action="store_true", help="use the committed subset even if ../shared exists")
+    args = ap.parse_args()
+    import logging
+    import warnings
+    warnings.filterwarnings("ignore")
+    logging.basicConfig(level=logging.WARNING)
+    root = rv.corpus(prefer_shared=not args.committed)
+    lines = [f"corpus: {root}"]
+    if args.snr or args.all:
+        lines += snr_table(root, args.limit)
+    if args.quality or args.all:
+        lines += quality_table(root)
+    if args.bed or args.sweep or args.all:
+        with tempfile.TemporaryDirectory() as d:
+            results = bed_build(Path(d), root)
+            if args.bed or args.all:
+                lines += bed_table(results)
+            if args.sweep or args.all:
+                lines += sweep_table(results, args.demo_workspace)
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,148 @@
+"""The voice pipeline on real human voices (LibriSpeech, committed under tests/data/real-speech), with
+default settings: conversations with exact truth, the SNR estimator at known SNRs, the quality floors."""
+import numpy as np
+import pytest
+
+import realvoice as rv
+from twin.cache import read_json, read_jsonl
+
+pytestmark = pytest.mark.slow
+
+
+def _vad():
+    from twin.models import package_file
+    return str(package_file("silero-vad", "silero_vad/data/silero_vad.onnx"))
+
+
+@pytest.fixture(scope="session")
+def real_bed(tmp_path_factory):
+    """The three conversations built from the committed voices and run through `twin voice`'s code
+    (in-process: one torch import for all three), each with its own enrollment."""
+    from twin import adhoc
+    d = tmp_path_factory.mktemp("realvoice")
+    bed = rv.build_bed(d / "bed", rv.COMMITTED)
+    out = {}
+    for name, conv in bed.items():
+        adhoc.voice([str(conv["wav"])], d / name, [str(conv["enroll"])])
+        out[name] = (conv, d / name / ".work", d / name)
+    return out
+
+
+def _scores(conv, ws):
+    from twin.metrics import der, load_rttm, persona_purity_recall
+    rid = read_jsonl(ws / "fetch" / "videos.jsonl")[0]["id"]
+    ref = [(x["start"], x["end"], x["speaker"]) for x in conv["truth"]]
+    hyp = load_rttm(ws / "diarize" / f"{rid}.rttm")[rid]
+    persona = [(x["start"], x["end"]) for x in read_jsonl(ws / "identify" / "persona_segments.jsonl")]
+    clips = read_jsonl(ws / "qualify" / "clips.jsonl")
+    texts = {r["id"]: r for r in read_jsonl(ws / "transcribe" / "transcripts.jsonl")}
+    kept = [c for c in clips if c["kept"] and texts[c["id"]]["kept"]]
+    return der(ref, hyp), persona_purity_recall(ref, persona, conv["persona"]), kept
+
+
+@pytest.mark.parametrize("name", ["interview", "pair"])
+def test_real_conversations_are_diarized_and_the_clean_persona_speech_kept(real_bed, name):
+    """Three voices (two women) with music, a noisy turn, an overlap and back-channels; two men in quick
+    turns, one 12 dB louder. Issue 15's bars: DER <= 0.15, purity >= 0.98, >= 70% of the clean persona
+    speech kept, no kept clip with another speaker, noise or music in it."""
+    conv, ws, _ = real_bed[name]
+    d, pr, kept = _scores(conv, ws)
+    assert read_json(ws / "identify" / "identify.json")["recordings"], "no recording identified"
+    assert d["der"] <= 0.15, d
+    assert pr["purity"] >= 0.98, pr
+    clean = rv.clean_persona_seconds(conv["truth"], conv["persona"])
+    total = sum(b - a for a, b in clean)
+    covered = sum(max(0.0, min(c["end"], b) - max(c["start"], a)) for c in kept for a, b in clean)
+    assert covered / total >= 0.70, (covered, total)
+    for c in kept:
+        for t in conv["truth"]:
+            if t["start"] < c["end"] - 0.05 and t["end"] > c["start"] + 0.05:
+                assert t["speaker"] == conv["persona"], (c["id"], t)
+                assert not t["noisy"] and not t["music"], (c["id"], t)
+
+
+def test_phone_call_yields_the_enrolled_person_and_accounts_for_every_second(real_bed):
+    """A telephone-band call in short turns, the persona enrolled from one of her own turns."""
+    conv, ws, out = real_bed["call"]
+    d, pr, kept = _scores(conv, ws)
+    assert kept, "no clip kept from the call"
+    assert pr["purity"] >= 0.98, pr
+    for c in kept:
+        assert any(t["speaker"] == conv["persona"] and t["start"] < c["end"] and t["end"] > c["start"]
+                   for t in conv["truth"])
+    summary = read_json(out / "summary.json")
+    rows = summary["speech_accounting"]["rows"]
+    assert rows[0][0] == "persona speech" and rows[-1][0] == "kept"
+    assert all(label.strip() and label != "rejected: " for label, _ in rows)
+    # every second is accounted for: persona speech = where it went + kept
+    assert abs(rows[0][1] + sum(sec for _, sec in rows[1:-1]) - rows[-1][1]) < 0.05 * rows[0][1] + 0.1, rows
+    assert rows[-1][1] > 0
+    assert (out / "summary.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_every_conversation_accounts_for_its_persona_speech(real_bed):
+    for name, (conv, ws, out) in real_bed.items():
+        rows = read_json(out / "summary.json")["speech_accounting"]["rows"]
+        persona_seconds = sum(x["end"] - x["start"] for x in read_jsonl(ws / "identify" / "persona_segments.jsonl"))
+        assert abs(rows[0][1] - persona_seconds) < 0.5, (name, rows[0], persona_seconds)
+        assert abs(rows[0][1] + sum(sec for _, sec in rows[1:-1]) - rows[-1][1]) < 0.05 * rows[0][1] + 0.1, rows
+
+
+@pytest.mark.parametrize("kind", ["white", "room", "music"])
+def test_speech_snr_on_real_speech_at_known_snrs(kind):
+    """Committed utterances mixed at known SNRs: the mean estimate is within 3 dB from 5 to 25 dB and
+    rises with the SNR (bench/real_voices.py --snr measures the whole range on more speech)."""
+    from twin.quality import speech_snr
+    vad = _vad()
+    files = sorted((rv.COMMITTED / "train-clean-100").glob("*.flac"))[:6]
+    rng = np.random.default_rng(7)
+    means = []
+    for snr in (5, 15, 25, 35):
+        est = []
+        for f in files:
+            x = rv.load(f)
+            est.append(speech_snr(rv.mix_at_snr(x, rv.COVERS[kind](len(x), rng), snr), vad))
+        means.append(float(np.mean(est)))
+        if snr <= 25:
+            assert abs(means[-1] - snr) <= 3.0, (snr, est)
+    assert all(b > a for a, b in zip(means, means[1:])), means
+
+
+def _passes(x, s, vad):
+    from stages.qualify import floor_reasons, measure_clip
+    clip = {"duration": 5.0, **measure_clip(x, x, None, vad, None, s["target_lufs"])}
+    return not floor_reasons(clip, s), clip
+
+
+def test_default_floors_pass_clean_read_speech_and_refuse_it_under_loud_noise():
+    """Issue 15: clean train-clean utterances pass (>= 95%); the same at 5 dB SNR under noise or music
+    do not (<= 10%); test-other's amateur recordings at their own noise level mostly pass."""
+    from stages.qualify import Settings
+    s, vad = Settings().model_dump(), _vad()
+    rng = np.random.default_rng(3)
+    clean = sorted((rv.COMMITTED / "train-clean-100").glob("*.flac"))
+    ok, noisy = [], []
+    for k, f in enumerate(clean):
+        x = rv.load(f)
+        ok.append(_passes(x, s, vad)[0])
+        kind = ("white", "room", "music")[k % 3]
+        noisy.append(_passes(rv.mix_at_snr(x, rv.COVERS[kind](len(x), rng), 5.0), s, vad)[0])
+    assert np.mean(ok) >= 0.95, ok
+    assert np.mean(noisy) <= 0.10, noisy
+    other = [rv.load(rv.utterances(spk)[0]) for spk in ("3080", "1998", "533", "367", "1688", "2414", "3005")]
+    assert np.mean([_passes(x, s, vad)[0] for x in other]) >= 0.7
+
+
+def test_selection_keeps_the_best_up_to_the_target():
+    from stages.qualify import main_reason, select
+    clips = [{"id": f"c{k}", "kept": True, "reasons": [], "duration": 10.0, "snr_db": 30.0,
+              "dnsmos": {"ovrl": ovrl}} for k, ovrl in enumerate([2.8, 3.3, 3.0, 3.1])]
+    clips.append({"id": "bad", "kept": False, "reasons": ["low SNR"], "duration": 5.0, "snr_db": 3.0,
+                  "dnsmos": {"ovrl": 2.0}})
+    select(clips, {"target_minutes": 0.5, "keep_fraction": 1.0})
+    assert [c["id"] for c in clips if c["kept"]] == ["c1", "c2", "c3"]      # the best 30 s
+    assert clips[0]["reasons"] == ["beyond target_minutes"] and main_reason(clips[4]["reasons"]) == "low SNR"
+    for c in clips[:4]:
+        c.update(kept=True, reasons=[])
+    select(clips, {"target_minutes": None, "keep_fraction": 0.5})
+    assert [c["id"] for c in clips if c["kept"]] == ["c1", "c3"]
