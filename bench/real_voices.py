@@ -38,15 +38,6 @@ def _vad() -> str:
     return str(package_file("silero-vad", "silero_vad/data/silero_vad.onnx"))
 
 
-def _own_snr(x: np.ndarray) -> float:
-    """A recording's own SNR, independent of the estimator under test: active speech power over the
-    mean power of its quietest 10% of 10 ms frames (its noise floor)."""
-    n = len(x) // 160
-    p = np.mean(x[: n * 160].astype(np.float64).reshape(n, 160) ** 2, axis=1)
-    floor = float(np.mean(np.sort(p)[: max(1, n // 10)]))
-    return 10 * np.log10(rv.active_power(x) / max(floor, 1e-12))
-
-
 def _files(root: Path) -> dict[str, list[Path]]:
     return {"train-clean": sorted((root / "train-clean-100").glob("*.flac")),
             "test-other": sorted((root / "test-other").glob("*/*.flac"))}
@@ -62,13 +53,13 @@ def snr_table(root: Path, limit: int) -> list[str]:
     errs: dict[tuple, list] = {}
     for f in files:
         x = rv.load(f)
-        own = _own_snr(x)
+        own = rv.own_snr(x)
         for kind in NOISES:
             noise = rv.COVERS[kind](len(x), rng)
             for snr in SNRS:
                 y = rv.mix_at_snr(x, noise, snr)
                 # the truth: the added noise and the recording's own floor together
-                truth = -10 * np.log10(10 ** (-snr / 10) + 10 ** (-own / 10))
+                truth = rv.with_own_floor(snr, own)
                 errs.setdefault((kind, snr), []).append((speech_snr(y, vad) - truth, wada_snr(y) - truth, truth))
     lines = [f"SNR estimators on {len(files)} LibriSpeech utterances ({limit} train-clean, {limit} test-other) "
              "mixed with noise at known SNRs; truth = the added noise together with each recording's own floor",

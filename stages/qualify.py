@@ -53,6 +53,9 @@ class Settings(Strict):
     max_clipping: float = Field(0.001, ge=0, le=1, description="share of clipped samples above this is rejected")
     overlap_margin: float = Field(0.2, ge=0, description="another speaker's speech, widened by this (s), is cut "
                                   "out of the persona's turns; a clip still within it is rejected as overlapped")
+    extend_seconds: float = Field(1.0, ge=0, le=2, description="a turn runs on over the speech at its edges up to "
+                                  "a pause this close (s) when that speech sounds like the persona: diarization "
+                                  "starts and ends turns inside the voice")
     boundary_guard: float = Field(1.0, ge=0, le=5, description="another speaker this close (s) to a clip's end or "
                                   "start: the clip ends (starts) at its last (first) pause near that boundary")
     target_minutes: Optional[float] = Field(60.0, gt=0, description="keep the best clips above the floors until "
@@ -98,16 +101,6 @@ def silence_mask(x: np.ndarray, hop: int = 160, speech_level: Optional[float] = 
     return e < max(speech_level * 0.1, 10 ** (-40 / 20) * speech_level, 1e-5)
 
 
-def _has_pause(sil: np.ndarray, frames: int) -> bool:
-    """A run of at least ``frames`` silent frames in ``sil``."""
-    run = 0
-    for v in sil:
-        run = run + 1 if v else 0
-        if run >= frames:
-            return True
-    return False
-
-
 def _subtract(spans, holes) -> list[tuple[float, float]]:
     """``spans`` with every ``holes`` interval cut out."""
     out = []
@@ -120,11 +113,53 @@ def _subtract(spans, holes) -> list[tuple[float, float]]:
     return sorted(out)
 
 
-def cut_clips(turns: list[tuple[float, float]], audio, s: dict, others: list[tuple[float, float]]):
-    """Persona turns → clip spans (start, end) in seconds. ``audio``: a ``twin.audio.Recording``
-    (only the turns are read).
+def _silent_runs(sil: np.ndarray, frames: int) -> list[tuple[int, int]]:
+    """[start, end) frame runs of at least ``frames`` silent frames."""
+    runs, start = [], None
+    for i, v in enumerate(np.append(sil, False)):
+        if v and start is None:
+            start = i
+        elif not v and start is not None:
+            if i - start >= frames:
+                runs.append((start, i))
+            start = None
+    return runs
 
-    Another speaker's speech, widened by ``overlap_margin``, is cut out of the persona's turns
+
+def _extend_to_pauses(a: float, b: float, audio, others, margin: float, reach: float, need: int,
+                      hop: int, sounds_like_persona=None) -> tuple[float, float]:
+    """A persona turn widened over the speech that runs on from its edges up to the nearest pause
+    (within ``reach`` seconds, never within ``margin`` of another speaker): diarization starts and
+    ends turns a few hundred ms inside the voice, and the words there are the persona's when a
+    pause separates them from everyone else and (``sounds_like_persona``, when given) their voice
+    is closer to the persona's than to any other speaker's — a back-channel the diarizer missed
+    is not."""
+    seg = audio.read(int(a * RATE), int(b * RATE))
+    if not len(seg):
+        return a, b
+    level = float(np.percentile(_frame_energy(seg, hop), 90)) if len(seg) >= hop else None
+    lo = max([a - reach] + [ob + margin for _, ob in others if ob <= a + 1e-6])
+    if lo < a:
+        runs = _silent_runs(silence_mask(audio.read(int(lo * RATE), int(a * RATE)), hop, level), need)
+        new = lo + runs[-1][1] * hop / RATE if runs else a
+        if new < a and (sounds_like_persona is None or sounds_like_persona(audio.read(int(new * RATE), int(a * RATE)))):
+            a = new
+    hi = min([b + reach] + [oa - margin for oa, _ in others if oa >= b - 1e-6])
+    if hi > b:
+        runs = _silent_runs(silence_mask(audio.read(int(b * RATE), int(hi * RATE)), hop, level), need)
+        new = b + runs[0][0] * hop / RATE if runs else b
+        if new > b and (sounds_like_persona is None or sounds_like_persona(audio.read(int(b * RATE), int(new * RATE)))):
+            b = new
+    return a, b
+
+
+def cut_clips(turns: list[tuple[float, float]], audio, s: dict, others: list[tuple[float, float]],
+              sounds_like_persona=None):
+    """Persona turns → clip spans (start, end) in seconds. ``audio``: a ``twin.audio.Recording``
+    (only the turns and a second around them are read).
+
+    Each turn first runs on over the persona's speech at its edges up to the nearest pause (never
+    towards another speaker without one). Another speaker's speech, widened by ``overlap_margin``, is cut out of the persona's turns
     (diarization places boundaries to a few hundred ms): a clip ends before the next speaker
     instead of being thrown away whole. At a quick turn change (another speaker within
     ``boundary_guard`` seconds of the clip) with no pause between the two voices, the clip starts
@@ -144,7 +179,10 @@ def cut_clips(turns: list[tuple[float, float]], audio, s: dict, others: list[tup
     hop = 160
     guard = s["boundary_guard"]
     spans = []
+    need = max(1, int(round(s["min_pause"] * RATE / hop)))
     for a, b in merged:
+        if s["extend_seconds"] > 0:
+            a, b = _extend_to_pauses(a, b, audio, others, m, s["extend_seconds"], need, hop, sounds_like_persona)
         seg = audio.read(int(a * RATE), int(b * RATE))
         sil = silence_mask(seg, hop)
         # trim to speech
@@ -168,14 +206,13 @@ def cut_clips(turns: list[tuple[float, float]], audio, s: dict, others: list[tup
             # otherwise (they ran into each other, or diarization placed the change late) the clip
             # moves to its own nearest pause, or gives up ``boundary_guard`` seconds there
             level = float(np.percentile(_frame_energy(seg, hop), 90))
-            need = max(1, int(round(s["min_pause"] * RATE / hop)))
             before = [ob for _, ob in others if a2 - guard <= ob <= a2 + s["pad"]]
-            if before and not _has_pause(silence_mask(audio.read(int(max(before) * RATE), int(
+            if before and not _silent_runs(silence_mask(audio.read(int(max(before) * RATE), int(
                     (a2 + s["pad"]) * RATE)), hop, level), need):
                 first = [p for p in pauses if a2 < p <= a2 + guard]
                 a2 = first[0] if first else a2 + guard
             after = [oa for oa, _ in others if b2 - s["pad"] <= oa <= b2 + guard]
-            if after and not _has_pause(silence_mask(audio.read(int((b2 - s["pad"]) * RATE), int(
+            if after and not _silent_runs(silence_mask(audio.read(int((b2 - s["pad"]) * RATE), int(
                     min(after) * RATE)), hop, level), need):
                 last = [p for p in pauses if b2 - guard <= p < b2]
                 b2 = last[-1] if last else b2 - guard
@@ -250,6 +287,25 @@ def floor_reasons(clip: dict, s: dict) -> list[str]:
     return reasons
 
 
+def _voice_check(item: dict, params: dict):
+    """A test of whether a short piece of audio sounds like the persona rather than another speaker
+    of the recording (the diarizer's own speaker embeddings), or None when they are not comparable."""
+    cents = item.get("centroids")
+    if not cents or not cents.get("persona") or params.get("speaker_embedding") is None:
+        return None
+    from twin.speaker import embed
+    persona = np.asarray(cents["persona"], dtype=np.float64)
+    others = [np.asarray(c, dtype=np.float64) for c in cents["others"]]
+
+    def sounds_like_persona(x: np.ndarray) -> bool:
+        if not others or len(x) < int(0.2 * RATE):
+            return True
+        e = embed(x, params["speaker_embedding"]).astype(np.float64)
+        sim = lambda c: float(e @ c / (np.linalg.norm(c) + 1e-9))  # noqa: E731
+        return sim(persona) >= max(sim(c) for c in others)
+    return sounds_like_persona
+
+
 def qualify_recording(item: dict, params: dict) -> dict:
     import soundfile as sf
 
@@ -265,7 +321,7 @@ def qualify_recording(item: dict, params: dict) -> dict:
     with Recording(item["mixture"]) as mixture_rec, Recording(item["vocals"]) as vocals_rec, \
             Recording(item["residual"]) as residual_rec:
         audio_rec = vocals_rec if source == "vocals" else mixture_rec
-        for n, (a, b) in enumerate(cut_clips(turns, audio_rec, s, others)):
+        for n, (a, b) in enumerate(cut_clips(turns, audio_rec, s, others, _voice_check(item, params))):
             i, j = int(a * RATE), int(b * RATE)
             x = audio_rec.read(i, j)
             mixture = x if audio_rec is mixture_rec else mixture_rec.read(i, j)
@@ -333,7 +389,7 @@ class Qualify(Stage):
     version = "1"
     summary = "cut the persona's turns into clips; keep clean solo speech (SNR, DNSMOS, overlap, clipping)"
     reads = ("fetch", "separate", "diarize", "identify")
-    model_roles = ("dnsmos", "vad")
+    model_roles = ("dnsmos", "vad", "speaker_embedding")
     libraries = ("speechmos", "silero-vad", "pyloudnorm", "onnxruntime")
     Settings = Settings
 
@@ -343,6 +399,17 @@ class Qualify(Stage):
         persona = {(x["recording"], x["start"], x["end"]) for x in read_jsonl(ctx.input("identify") /
                                                                                   "persona_segments.jsonl")}
         videos = read_jsonl(ctx.input("fetch") / "videos.jsonl")
+        persona_speakers = {(x["recording"], x["speaker"]) for x in read_jsonl(ctx.input("identify") / "speakers.jsonl")
+                            if x.get("persona")}
+        centroids: dict[str, dict] = {}
+        for sp in read_jsonl(ctx.input("diarize") / "speakers.jsonl"):
+            if not sp.get("centroid") or sp.get("embedding_model") == "pyannote":
+                continue          # pyannote's embeddings are not in the speaker encoder's space
+            c = centroids.setdefault(sp["recording"], {"persona": None, "others": []})
+            if (sp["recording"], sp["speaker"]) in persona_speakers:
+                c["persona"] = sp["centroid"]
+            else:
+                c["others"].append(sp["centroid"])
         items = []
         for v in videos:
             r = sep.get(v["id"])
@@ -363,12 +430,13 @@ class Qualify(Stage):
                           # speaker's turn they bound clips (a clean turn is not lost to the piece after it)
                           "persona": [x for x in p if not x.get("overlap")],
                           "persona_overlapped": [x for x in p if x.get("overlap")],
+                          "centroids": centroids.get(v["id"]),
                           "others": [x for x in mine if (x["recording"], x["start"], x["end"]) not in persona
                                      or x.get("overlap")]})
         settings = ctx.settings.model_dump()
         results = ctx.map(qualify_recording, items, key=lambda it: it["id"],
-                          params={"out": str(ctx.out), "settings": settings,
-                                  "vad": ctx.models["vad"].location}, step="qualify")
+                          params={"out": str(ctx.out), "settings": settings, "vad": ctx.models["vad"].location,
+                                  "speaker_embedding": ctx.models["speaker_embedding"].location}, step="qualify")
         clips = [c for _, ok, v in results if ok for c in v["clips"]]
         if items and not any(ok for _, ok, _ in results):
             raise StageError(self.name, f"no recording could be qualified: {ctx.failures[0]['reason']}")
