@@ -77,7 +77,7 @@ def snr_table(root: Path, limit: int) -> list[str]:
     return lines
 
 
-def quality_table(root: Path) -> list[str]:
+def quality_table(root: Path, limit: int) -> list[str]:
     from stages.qualify import Settings, floor_reasons, measure_clip
     s = Settings().model_dump()
     vad = _vad()
@@ -87,6 +87,7 @@ def quality_table(root: Path) -> list[str]:
              "", "| set | utterances | condition | passing | SNR median (p5) | OVRL median (p5) | SIG median (p5) |",
              "|---|---:|---|---:|---:|---:|---:|"]
     for name, files in _files(root).items():
+        files = files[::max(1, len(files) // limit)][:limit]
         for cond in ("as recorded", "white 5 dB", "room 5 dB", "music 5 dB", "music 10 dB"):
             rows = []
             for f in files:
@@ -182,7 +183,7 @@ def sweep_table(results: dict, demo_ws: Path | None) -> list[str]:
     for name, voc, res, _ in cases:
         with Recording(voc) as a, Recording(res) as r:
             locals_[name] = (local_speakers(a, r, seg, enc, Settings().model_dump()), a.duration)
-    ths = (0.20, 0.25, 0.28, 0.30, 0.33, 0.36, 0.40, 0.45, 0.50)
+    ths = (0.20, 0.22, 0.24, 0.25, 0.26, 0.27, 0.28, 0.30, 0.33, 0.36, 0.40)
     lines = ["", "diarization clustering threshold (DER, speakers found), same embeddings:", "",
              "| threshold | " + " | ".join(c[0] for c in cases) + " | mean |", "|---:|" + "---:|" * (len(cases) + 1)]
     for th in ths:
@@ -202,7 +203,9 @@ def main() -> int:
     for flag in ("snr", "quality", "bed", "sweep", "all"):
         ap.add_argument(f"--{flag}", action="store_true")
     ap.add_argument("--limit", type=int, default=20, help="--snr: utterances per set")
-    ap.add_argument("--demo-workspace", type=Path, help="--sweep: a demo build to include")
+    ap.add_argument("--quality-limit", type=int, default=70, help="--quality: utterances per set (evenly spaced)")
+    ap.add_argument("--demo-workspace", type=Path, help="--sweep: a demo build to include (default: built here "
+                    "up to identify)")
     ap.add_argument("--committed", action="store_true", help="use the committed subset even if ../shared exists")
     args = ap.parse_args()
     import logging
@@ -214,14 +217,20 @@ def main() -> int:
     if args.snr or args.all:
         lines += snr_table(root, args.limit)
     if args.quality or args.all:
-        lines += quality_table(root)
+        lines += quality_table(root, args.quality_limit)
     if args.bed or args.sweep or args.all:
         with tempfile.TemporaryDirectory() as d:
             results = bed_build(Path(d), root)
             if args.bed or args.all:
                 lines += bed_table(results)
             if args.sweep or args.all:
-                lines += sweep_table(results, args.demo_workspace)
+                demo = args.demo_workspace
+                if demo is None:
+                    from twin.runner import Runner
+                    from twin.spec import load_spec
+                    demo = Path(d) / "demo"
+                    Runner(load_spec(ROOT / "persona_specs" / "demo.yaml"), demo).build(until="identify")
+                lines += sweep_table(results, demo)
     print("\n".join(lines))
     return 0
 

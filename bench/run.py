@@ -20,6 +20,8 @@ HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "RESULTS.md"
 BENCHES = {
     "voice": ("Voice pipeline: real-time factor, DER, persona purity, kept speech, WER", ["voice.py", "--sweep"]),
+    "real_voices": ("Real voices (LibriSpeech): SNR estimator, quality floors, conversations, threshold sweep",
+                    ["real_voices.py", "--all"]),
     "generation": ("LLM generation: batched against one by one", ["generation.py"]),
     "training": ("LoRA training: packed rows against padded batches", ["training.py"]),
     "serve": ("Serving: adapter loading and requests under load (needs `make demo` first)", ["serve.py"]),

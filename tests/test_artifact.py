@@ -18,7 +18,7 @@ from twin.cache import read_json
 
 pytestmark = pytest.mark.slow
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def built(tiny_twin):
     return tiny_twin
 
