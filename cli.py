@@ -238,6 +238,9 @@ def fetch_cmd(ctx, inputs, kind, out, sample_rate, max_items, cookies, opt_out):
                              cookies=cookies)
     click.echo(f"fetched {counts['videos']} audio, {counts['posts']} posts, {counts['facts_documents']} fact "
                f"documents; {counts['failed']} failed → {Path(out) / 'provenance.jsonl'}")
+    held = counts.get("in_folder", {})
+    if held:
+        click.echo(f"{out} now holds {held['videos']} audio, {held['posts']} posts, {held['facts']} fact documents")
     if counts["videos"] + counts["posts"] + counts["facts_documents"] == 0:
         sys.exit(1)
 

@@ -192,7 +192,7 @@ class Evaluate(Stage):
 
         ctx.progress("evaluate: generate", 0, 2)
         with lm.base_only():
-            base_out = lm.chat_unlocked(convs, params)
+            base_out = lm.chat(convs, params)
             base_ppl = {"style": lm.loss(style_eval), "memory": lm.loss(mem_eval)}
         ctx.progress("evaluate: generate", 1, 2)
         twin_out = lm.chat(convs, params)

@@ -28,7 +28,7 @@ from urllib.parse import urlparse
 from pydantic import Field
 
 from twin.cache import (atomic_copy, atomic_write_json, atomic_write_jsonl, atomic_write_text, hash_file,
-                        read_json)
+                        read_json, read_jsonl)
 from twin.errors import StageError, UsageError
 from twin.registry import register
 from twin.spec import Strict, is_local_url
@@ -846,12 +846,44 @@ class Fetch(Stage):
             counters[k] += 1
         items = make_items(sources, Path.cwd())
         opt = load_opt_out(file=opt_out_file)
-        ctx = StageContext(stage=self, spec=_AdhocSpec(s), out=out, journal=out / ".journal",
-                           inputs={}, executor=InlineExecutor(), models={}, progress=progress)
-        counts, _ = collect(ctx.map, items, self.params(s, out, out / ".cache", opt), out)
+        # fetched into a staging folder, then merged: a second `twin fetch` into the same folder adds to
+        # what is there and never loses it
         import shutil
-        shutil.rmtree(out / ".journal", ignore_errors=True)
-        return counts
+        staging = out / ".fetch-staging"
+        shutil.rmtree(staging, ignore_errors=True)
+        ctx = StageContext(stage=self, spec=_AdhocSpec(s), out=staging, journal=staging / ".journal",
+                           inputs={}, executor=InlineExecutor(), models={}, progress=progress)
+        counts, _ = collect(ctx.map, items, self.params(s, staging, out / ".cache", opt), staging)
+        shutil.rmtree(staging / ".journal", ignore_errors=True)
+        totals = merge_fetched(staging, out)
+        shutil.rmtree(staging, ignore_errors=True)
+        return {**counts, "in_folder": totals}
+
+
+OUTPUT_KEYS = {"videos.jsonl": lambda r: r["id"], "facts.jsonl": lambda r: r["id"],
+               "posts.jsonl": lambda r: re.sub(r"\s+", " ", r["text"]).strip().lower(),
+               "provenance.jsonl": lambda r: (r.get("id") or "", r.get("url") or r.get("location") or "", r["status"])}
+
+
+def merge_fetched(new: Path, out: Path) -> dict:
+    """Merge one ad-hoc fetch (``new``) into the folder ``out``: files are added (a re-fetched item
+    replaces its own file), records are appended after the folder's own, one per key. Returns the
+    folder's counts."""
+    for f in sorted(p for p in new.rglob("*") if p.is_file() and p.name not in OUTPUT_KEYS):
+        dst = out / f.relative_to(new)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        f.replace(dst)
+    totals = {}
+    for name, key in OUTPUT_KEYS.items():
+        old = read_jsonl(out / name) if (out / name).is_file() else []
+        fresh = read_jsonl(new / name) if (new / name).is_file() else []
+        merged = {key(r): r for r in old}
+        for r in fresh:
+            merged.pop(key(r), None)
+            merged[key(r)] = r
+        atomic_write_jsonl(out / name, list(merged.values()))
+        totals[name.removesuffix(".jsonl")] = len(merged)
+    return totals
 
 
 class _AdhocSpec:

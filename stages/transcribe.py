@@ -184,7 +184,11 @@ class Transcribe(Stage):
         # the MAD has a floor (10% of the median) so a steady speaker's small spread does not flag normal clips
         mad = max(float(np.median(np.abs(cps - med))), 0.1 * med) if len(cps) else 0.0
         subs = self._subtitles(ctx)
-        for r, clip in zip(rows, [c for it in items for c in it["clips"]]):
+        # rows by their own clip id: a failed recording has no rows, so pairing by position would put
+        # every later transcript on the wrong clip
+        clip_of = {c["id"]: c for it in items for c in it["clips"]}
+        for r in rows:
+            clip = clip_of[r["id"]]
             reasons = []
             if not r["text"]:
                 reasons.append("no speech recognised")

@@ -137,6 +137,34 @@ def test_adapters_inside_load_with_plain_peft(built, tiny_model):
     assert reply["synthetic"] is True and "synthetic" in reply["disclosure"] and isinstance(reply["content"], str)
 
 
+def test_chat_inside_base_only_answers_as_the_base_model(built, tiny_model):
+    """Issue 16's bug: ``lm.chat`` inside ``base_only()`` deadlocked (the lock was not re-entrant). Now it
+    answers, with the adapters off: the same reply as the plain base model, in a bounded time."""
+    import threading
+
+    import twin
+    from twin.llm import GenParams
+    t = twin.load(built[0] / "ws" / "package" / "tiny-twin-twin.tar.gz", base=str(tiny_model), device="cpu")
+    conv = [[{"role": "user", "content": "Tell me about kelp."}]]
+    params = GenParams(max_new_tokens=8)
+    got = {}
+
+    def inside():
+        with t.lm.base_only():
+            got["base"] = t.lm.chat(conv, params)
+            got["tokens"] = t.lm.count_tokens("kelp")
+    worker = threading.Thread(target=inside, daemon=True)
+    worker.start()
+    worker.join(120)
+    assert not worker.is_alive(), "chat inside base_only() is deadlocked"
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from twin.llm import generate_chat
+    plain = generate_chat(AutoModelForCausalLM.from_pretrained(tiny_model), AutoTokenizer.from_pretrained(tiny_model),
+                          conv, params, 8)
+    assert got["base"] == plain and got["tokens"] >= 1
+
+
 @pytest.fixture(scope="module")
 def server(built, tiny_model, tmp_path_factory):
     art = built[0] / "ws" / "package" / "tiny-twin-twin.tar.gz"

@@ -267,6 +267,19 @@ def test_adhoc_fetch_cli(tmp_path, server):
     assert [p["text"] for p in posts] == ["Kelp is great.", "Agreed, it grows fast."]
     assert posts[1]["reply_to_text"] == "Kelp is great."
     assert (out_dir / "facts").is_dir() and "Tamsin Vell" in next(out_dir.glob("facts/*.md")).read_text()
+    # a second fetch into the same folder adds to it and loses nothing (issue 16: it replaced the folder)
+    before = {p.name for p in out_dir.rglob("*") if p.is_file()}
+    more = tmp_path / "more.jsonl"
+    more.write_text('{"id": "9", "text": "The tide sets the schedule."}\n')
+    res = run_twin("fetch", str(more), "--out", out_dir)
+    assert res.returncode == 0, res.stderr
+    assert before <= {p.name for p in out_dir.rglob("*") if p.is_file()}
+    assert [p["text"] for p in read_jsonl(out_dir / "posts.jsonl")] == ["Kelp is great.", "Agreed, it grows fast.",
+                                                                       "The tide sets the schedule."]
+    prov = read_jsonl(out_dir / "provenance.jsonl")
+    assert len(prov) == 4 and {r["kind"] for r in prov} == {"videos", "posts", "facts"}
+    assert len(read_jsonl(out_dir / "videos.jsonl")) == 1 and sf.info(wav).samplerate == 16000
+    assert "now holds 1 audio, 3 posts, 1 fact documents" in res.stdout
     # a CSV with a named text field, and a bad field name named in the failure
     res = run_twin("fetch", str(table), "--kind", "posts", "--out", tmp_path / "o2")
     prov = read_jsonl(tmp_path / "o2" / "provenance.jsonl")

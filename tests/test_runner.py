@@ -137,3 +137,46 @@ def test_two_workers_give_the_same_outputs_as_one(spec_dir, tmp_path):
     m1, m2 = read_manifest(tmp_path / "w1" / "fetch"), read_manifest(tmp_path / "w2" / "fetch")
     assert m1["output_hash"] == m2["output_hash"]
     assert m2["executor"] == {"name": "local", "workers": 2, "threads": 2}
+
+
+def test_editing_a_helper_module_reruns_the_stages_that_import_it(tmp_path, spec_dir):
+    """The cache must never be stale: a stage's fingerprint covers its module and the project modules
+    it imports (read from the imports, transitively). In a scratch copy of the code, an edit to
+    twin/net.py (fetch's downloads) reruns fetch and names the module, and leaves style_data, which
+    does not import it, cached; a changed thread count reruns everything."""
+    import shutil
+    import sys
+
+    from conftest import ROOT
+    scratch = tmp_path / "code"
+    for name in ("twin", "stages"):
+        shutil.copytree(ROOT / name, scratch / name, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "cli.py", scratch / "cli.py")
+    spec = write_spec(spec_dir, """
+        id: cache-test
+        name: Tamsin Vell
+        consent: {basis: self, evidence: "test"}
+        workspace: ws
+        sources: {posts: [demo/posts.jsonl]}
+        """)
+
+    def twin(*args):
+        env = {**os.environ, "PYTHONPATH": str(scratch)}
+        return subprocess.run([sys.executable, "-c", "import sys, cli; sys.argv[0] = 'twin'; cli.main()", *map(str, args)],
+                              capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
+
+    out = twin("build", spec, "--until", "style_data")
+    assert out.returncode == 0, out.stderr
+    assert twin("plan", spec, "--until", "style_data").stdout.split()[:2] == ["skip", "fetch"]
+    with open(scratch / "twin" / "net.py", "a") as f:
+        f.write("\n# an edit to a helper module\n")
+    plan = twin("plan", spec, "--until", "style_data").stdout
+    fetch_line = next(x for x in plan.splitlines() if " fetch" in x)
+    assert fetch_line.split()[0] == "run" and "twin.net" in fetch_line, plan
+    out = twin("build", spec, "--until", "style_data")
+    assert out.returncode == 0, out.stderr
+    assert "style_data: unchanged, skipping" in out.stderr, out.stderr     # fetch's outputs are the same
+    spec.write_text(spec.read_text() + "threads: 1\n")
+    plan = twin("plan", spec, "--until", "style_data").stdout
+    lines = [x for x in plan.splitlines() if x.strip()]
+    assert all(x.split()[0] == "run" for x in lines) and "thread count changed (2 → 1)" in lines[0], plan

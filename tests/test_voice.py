@@ -140,3 +140,37 @@ def test_subtitle_cues_by_time(tmp_path):
                    "00:00:05.000 --> 00:00:07.500\nsecond cue\n\n00:01:00.000 --> 00:01:02.000\nlate\n")
     assert vtt_text(vtt, 2.0, 6.0) == "Hello there second cue"
     assert vtt_text(vtt, 59.0, 61.0) == "late"
+
+
+def test_a_failed_recording_leaves_every_other_transcript_on_its_own_clip(tmp_path):
+    """Issue 16's bug: with one recording failing in transcribe, the later transcripts were paired with
+    clips by position and landed on the wrong clip. Two recordings through qualify; the first one's
+    clip files removed; transcribe alone: the failure is reported, the other's rows keep their clips."""
+    import shutil
+
+    from twin.runner import Runner
+    from twin.spec import load_spec
+    for name in ("panel.ogg", "enroll.ogg", "consent.txt"):
+        shutil.copy(DEMO / name, tmp_path / name)
+    spec_path = tmp_path / "s.yaml"
+    spec_path.write_text("id: two-recs\nname: Tamsin Vell\nconsent: {basis: self, evidence: t}\nworkspace: ws\n"
+                         "sources: {videos: [panel.ogg, enroll.ogg]}\nenroll: [enroll.ogg]\n")
+    spec = load_spec(spec_path)
+    Runner(spec).build(until="qualify")
+    ws = tmp_path / "ws"
+    clips = [c for c in read_jsonl(ws / "qualify" / "clips.jsonl") if c["kept"]]
+    recs = sorted({c["recording"] for c in clips})
+    assert len(recs) == 2, recs
+    first = recs[0]
+    for c in clips:
+        if c["recording"] == first:
+            (ws / "qualify" / c["path"]).unlink()
+    Runner(spec).build(only=["transcribe"])
+    manifest = read_json(ws / "transcribe" / "_manifest.json")
+    assert [f["item"] for f in manifest["failures"]] == [first]
+    rows = read_jsonl(ws / "transcribe" / "transcripts.jsonl")
+    by_id = {c["id"]: c for c in clips}
+    assert rows and all(r["recording"] != first for r in rows)
+    for r in rows:
+        assert (r["recording"], r["start"], r["end"]) == (by_id[r["id"]]["recording"], by_id[r["id"]]["start"],
+                                                           by_id[r["id"]]["end"])

@@ -72,8 +72,9 @@ def fingerprint_parts(stage: Stage, spec, upstream: dict[str, str]) -> dict:
     for label, path in sorted(stage.external_inputs(spec).items()):
         external[label] = hash_file(path) if Path(path).is_file() else "missing"
     models = {role: resolve(role, spec).fingerprint_id for role in stage.model_roles}
+    # threads: float sums (and so results) depend on the thread count every item runs with
     return {"stage": f"{stage.name}@{stage.version}", "code": stage.code_hash(), "spec": hash_obj(spec_part),
-            "inputs": dict(upstream), "external": external, "models": models}
+            "threads": spec.threads, "inputs": dict(upstream), "external": external, "models": models}
 
 
 def _why_stale(parts: dict, manifest: Optional[dict], current_outputs: Optional[str]) -> Optional[str]:
@@ -84,7 +85,11 @@ def _why_stale(parts: dict, manifest: Optional[dict], current_outputs: Optional[
     if old.get("stage") != parts["stage"]:
         return f"stage code changed ({old.get('stage')} → {parts['stage']})"
     if old.get("code") != parts["code"]:
-        return "its code changed"
+        old_code = old.get("code") if isinstance(old.get("code"), dict) else {}
+        changed = sorted(m for m in set(old_code) | set(parts["code"]) if old_code.get(m) != parts["code"].get(m))
+        return f"its code changed ({', '.join(changed[:3])}{', ...' if len(changed) > 3 else ''})"
+    if old.get("threads") != parts["threads"]:
+        return f"the thread count changed ({old.get('threads')} → {parts['threads']})"
     if old.get("spec") != parts["spec"]:
         return "its spec settings changed"
     for name, h in parts["inputs"].items():

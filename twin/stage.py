@@ -9,6 +9,8 @@ journaled (a killed run resumes at the next unfinished item) and runs on any exe
 from __future__ import annotations
 
 import abc
+import ast
+import functools
 import hashlib
 import logging
 from pathlib import Path
@@ -17,6 +19,73 @@ from typing import Any, Callable, ClassVar, Optional, Sequence
 from .cache import atomic_write_json, read_json
 from .progress import NullProgress, ProgressHook
 from .spec import Strict
+
+
+PROJECT_PACKAGES = ("twin", "stages")
+
+
+def _imports(tree: ast.AST, module: str, is_package: bool, top_level_only: bool) -> list[tuple[str, tuple]]:
+    """(module, names imported from it) for every import of a source: anywhere in it (heavy imports
+    sit inside functions), or only what runs on import (``top_level_only``)."""
+    package = module if is_package else module.rpartition(".")[0]
+    out = []
+
+    def visit(node, in_function: bool) -> None:
+        for child in ast.iter_child_nodes(node):
+            inside = in_function or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))
+            if isinstance(child, ast.Import) and not (top_level_only and in_function):
+                out.extend((alias.name, ()) for alias in child.names)
+            elif isinstance(child, ast.ImportFrom) and not (top_level_only and in_function):
+                if child.level:
+                    base = package.rsplit(".", child.level - 1)[0] if child.level > 1 else package
+                    name = f"{base}.{child.module}" if child.module else base
+                else:
+                    name = child.module or ""
+                out.append((name, tuple(alias.name for alias in child.names)))
+            visit(child, inside)
+    visit(tree, False)
+    return out
+
+
+def _find(name: str):
+    import importlib.util
+    try:
+        spec = importlib.util.find_spec(name)
+    except (ImportError, ValueError):
+        return None
+    return spec if spec is not None and spec.origin and spec.origin.endswith(".py") else None
+
+
+@functools.lru_cache(maxsize=None)
+def project_modules(module: str) -> dict[str, str]:
+    """``module`` and the project modules (``twin``, ``stages``) it imports, transitively: {name: file}.
+
+    A package that is only the parent of an imported module (``twin`` for ``twin.cache``) counts
+    with what runs when it is imported, not with the imports inside its functions."""
+    found: dict[str, str] = {}
+    full: set[str] = set()
+    todo = [(module, False)]
+    while todo:
+        name, parent_only = todo.pop()
+        if name.split(".")[0] not in PROJECT_PACKAGES or (name in full or (parent_only and name in found)):
+            continue
+        spec = _find(name)
+        if spec is None:
+            continue
+        found[name] = spec.origin
+        if not parent_only:
+            full.add(name)
+        tree = ast.parse(Path(spec.origin).read_text(encoding="utf-8"))
+        for target, names in _imports(tree, name, spec.submodule_search_locations is not None, parent_only):
+            parts = target.split(".")
+            todo.extend((".".join(parts[:k]), True) for k in range(1, len(parts)))
+            submodules = [f"{target}.{n}" for n in names if _find(f"{target}.{n}") is not None]
+            todo.extend((sub, False) for sub in submodules)
+            if len(submodules) < len(names) or not names:
+                todo.append((target, False))
+            elif names:
+                todo.append((target, True))
+    return found
 
 
 class NoSettings(Strict):
@@ -36,12 +105,12 @@ class Stage(abc.ABC):
     libraries: ClassVar[tuple[str, ...]] = ()
     Settings: ClassVar[type[Strict]] = NoSettings
 
-    def code_hash(self) -> str:
-        """Hash of the stage module's source: editing a stage invalidates its cache even if
-        nobody remembered to bump ``version``."""
-        import inspect
-        source = inspect.getsource(inspect.getmodule(type(self)))
-        return hashlib.sha256(source.encode("utf-8")).hexdigest()[:16]
+    def code_hash(self) -> dict[str, str]:
+        """Hashes of the stage module's source and of every project module it imports, directly or
+        through others (found by reading the imports, not listed by hand): editing a helper such as
+        ``twin/quality.py`` invalidates every stage that uses it, even if nobody bumped ``version``."""
+        return {name: hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+                for name, path in sorted(project_modules(type(self).__module__).items())}
 
     def all_spec_keys(self) -> tuple[str, ...]:
         return tuple(self.spec_keys) + (f"stages.{self.name}",)

@@ -34,7 +34,9 @@ class TwinLM:
         model.eval()
         self.model = model
         self.batch_size = batch_size
-        self.lock = threading.Lock()
+        # re-entrant: ``chat`` (and token counting) inside ``base_only`` runs on the base model
+        # instead of deadlocking; other threads still wait for the whole block
+        self.lock = threading.RLock()
 
     def chat(self, conversations: list[Conversation], params: GenParams = GenParams(), streamer=None) -> list[str]:
         with self.lock:
@@ -45,10 +47,6 @@ class TwinLM:
         """The base model, adapters switched off (for side-by-side evaluation)."""
         with self.lock, self.model.disable_adapter():
             yield self
-
-    def chat_unlocked(self, conversations: list[Conversation], params: GenParams = GenParams()) -> list[str]:
-        """Generation for callers already holding ``lock`` (inside ``base_only``)."""
-        return generate_chat(self.model, self.tok, conversations, params, self.batch_size)
 
     def loss(self, samples: list[dict]) -> Optional[float]:
         """Mean cross-entropy per assistant token of chat samples (``messages``); takes no lock, so it
