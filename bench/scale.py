@@ -31,7 +31,7 @@ def spec_for(folder: Path, videos: list[str], threads: int = 2) -> Path:
     vids = ", ".join(videos)
     spec.write_text(f"id: scale-bench\nname: Tamsin Vell\nconsent: {{basis: self, evidence: bench}}\n"
                     f"workspace: ws\nthreads: {threads}\nsources: {{videos: [{vids}]}}\n"
-                    f"enroll: [{DEMO / 'enroll.ogg'}]\nstages: {{qualify: {{min_dnsmos: 2.3}}}}\n")
+                    f"enroll: [{DEMO / 'enroll.ogg'}]\n")
     return spec
 
 

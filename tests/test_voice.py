@@ -104,7 +104,7 @@ def test_exports_read_back_by_independent_readers(demo_build):
 
 def test_adhoc_voice_command(tmp_path):
     out = tmp_path / "out"
-    res = run_twin("voice", DEMO / "panel.ogg", "--enroll", DEMO / "enroll.ogg", "--min-dnsmos", "2.3", "--out", out)
+    res = run_twin("voice", DEMO / "panel.ogg", "--enroll", DEMO / "enroll.ogg", "--out", out)
     assert res.returncode == 0, res.stderr
     rows = read_jsonl(out / "manifest.jsonl")
     assert rows
