@@ -198,7 +198,7 @@ def lock(spec, workspace):
     import shutil
 
     from twin.errors import UsageError
-    from twin.reproduce import LOCK, lock_path_for
+    from twin.lockfile import LOCK, lock_path_for
     from twin.runner import Runner
     s = _load(spec)
     src = Runner(s, workspace).ws.root / LOCK

@@ -67,7 +67,7 @@ def main() -> int:
         print(f"{art}: no artifact; run `make demo` first", file=sys.stderr)
         return 2
     from twin.artifact import read_manifest, resolve_base
-    from twin.training import load_base
+    from twin.loading import load_base
     from twin.twinmodel import TwinLM
     man = read_manifest(art)
     source, rev = resolve_base(man)

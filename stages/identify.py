@@ -21,10 +21,9 @@ import numpy as np
 from pydantic import Field
 
 from twin.cache import atomic_write_json, atomic_write_jsonl, atomic_write_text, read_jsonl
-from twin.errors import StageError
 from twin.metrics import rttm_text
 from twin.registry import register
-from twin.spec import Strict
+from twin.settings import Strict
 from twin.stage import Stage
 
 

@@ -27,13 +27,12 @@ import re
 from collections import Counter
 from typing import Optional
 
-import numpy as np
 from pydantic import Field
 
 from twin.cache import atomic_write_json, atomic_write_jsonl, read_jsonl
 from twin.errors import StageError
 from twin.registry import register
-from twin.spec import Strict
+from twin.settings import Strict
 from twin.stage import Stage
 from twin.text import MONTHS, NUMBER_WORDS, entities, numbers
 

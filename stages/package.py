@@ -30,7 +30,7 @@ from twin.cache import atomic_write_json, atomic_write_text, canonical_json, has
 from twin.errors import StageError
 from twin import registry
 from twin.registry import register
-from twin.spec import Strict
+from twin.settings import Strict
 from twin.stage import Stage
 
 
@@ -111,7 +111,7 @@ class Package(Stage):
         return {"consent.evidence_file": spec.resolve_path(f)} if f else {}
 
     def run(self, ctx) -> dict:
-        from twin.runner import lib_versions
+        from twin.lockfile import lib_versions
         s = ctx.settings
         spec = ctx.spec
         restricted = spec.consent.restricted

@@ -25,7 +25,7 @@ from twin.audio import Recording
 from twin.cache import atomic_write_json, atomic_write_jsonl, read_jsonl
 from twin.errors import StageError
 from twin.registry import register
-from twin.spec import Strict
+from twin.settings import Strict
 from twin.stage import Stage
 
 RATE = 16000

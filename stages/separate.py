@@ -21,7 +21,7 @@ from pydantic import Field, model_validator
 from twin.cache import atomic_write_jsonl, read_jsonl
 from twin.errors import MissingDependency, StageError
 from twin.registry import register
-from twin.spec import Strict
+from twin.settings import Strict
 from twin.stage import Stage
 
 RATE = 16000

@@ -26,7 +26,7 @@ from pydantic import Field
 
 from twin.cache import atomic_write_json, atomic_write_jsonl, read_jsonl
 from twin.registry import register
-from twin.spec import Strict
+from twin.settings import Strict
 from twin.stage import Stage
 
 STOPWORDS = set("""a about above after again against all am an and any are as at be because been before being

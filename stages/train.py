@@ -29,7 +29,7 @@ from pydantic import Field
 from twin.cache import atomic_write_json, hash_file, read_json, read_jsonl
 from twin.errors import StageError, UsageError
 from twin.registry import register
-from twin.spec import Strict
+from twin.settings import Strict
 from twin.stage import Stage
 
 
@@ -109,6 +109,7 @@ class Train(Stage):
         import torch
 
         from twin import training as T
+        from twin.loading import load_base, materialize_base
         from twin.models import device as pick_device, hub_token
 
         s = ctx.settings
@@ -118,9 +119,9 @@ class Train(Stage):
         torch.use_deterministic_algorithms(True, warn_only=True)
         dev = pick_device(None if s.device == "auto" else s.device)
         m = ctx.models["base_model"]
-        source, revision = T.materialize_base(m.location, ctx.cache.parent / "models")
+        source, revision = materialize_base(m.location, ctx.cache.parent / "models")
         base = base_record(m, source, revision)
-        tok, model = T.load_base(source, revision, dev, s.quantize_4bit, token=hub_token(ctx.spec))
+        tok, model = load_base(source, revision, dev, s.quantize_4bit, token=hub_token(ctx.spec))
         if s.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         ctx.log.info("base model %s on %s (%s), %d threads", base["id"], dev, next(model.parameters()).dtype,

@@ -20,7 +20,7 @@ from pydantic import Field
 
 from twin.cache import atomic_write_bytes, atomic_write_json, atomic_write_jsonl, atomic_write_text, read_json, read_jsonl
 from twin.registry import register
-from twin.spec import Strict
+from twin.settings import Strict
 from twin.stage import Stage
 
 

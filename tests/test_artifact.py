@@ -3,13 +3,10 @@
 The official `openai` client talks to `twin serve` on 127.0.0.1; a tampered artifact and
 malicious archives are refused; the adapters inside load with plain peft."""
 import io
-import json
 import os
 import shutil
 import subprocess
-import sys
 import tarfile
-import time
 
 import pytest
 

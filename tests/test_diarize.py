@@ -1,5 +1,4 @@
 """separate, diarize, identify on real audio with known ground truth."""
-import json
 
 import numpy as np
 import pytest

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import soundfile as sf
 
-from conftest import DEMO, run_twin, write_spec
+from conftest import DEMO, run_twin
 from twin.cache import read_jsonl
 from twin.errors import StageError
 from twin.runner import Runner

@@ -96,7 +96,7 @@ def test_speech_snr_on_real_speech_at_known_snrs(kind):
     vad = _vad()
     files = sorted((rv.COMMITTED / "train-clean-100").glob("*.flac"))[:6]
     rng = np.random.default_rng(7)
-    means, errors = [], []
+    means = []
     for snr in (5, 15, 25, 35):
         est, err = [], []
         for f in files:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from .cache import hash_file, tree_files
+from .cache import tree_files
 from .errors import TwinError, UsageError
 
 SCHEMA_VERSION = 1
@@ -229,7 +229,7 @@ class Twin:
 
 def resolve_base(manifest: dict, base: Optional[str] = None, cache_dir: Optional[Path] = None) -> tuple[str, Optional[str]]:
     """Where to load the artifact's base model from: ``base`` if given, else what the manifest names."""
-    from .training import materialize_base
+    from .loading import materialize_base
     b = manifest["base_model"]
     cache_dir = Path(cache_dir or Path.home() / ".cache" / "twin" / "models")
     if base:

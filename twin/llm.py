@@ -17,7 +17,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Optional, Protocol
 
-from .cache import atomic_write_json, hash_file, hash_obj, read_json
+from .cache import atomic_write_json, hash_obj, read_json
 from .errors import MissingDependency, TwinError, UsageError
 
 log = logging.getLogger("twin.llm")
@@ -47,26 +47,6 @@ class GenerationError(TwinError):
 
 # ----------------------------------------------------------------- local transformers
 
-def gguf_to_safetensors(gguf: Path, cache_dir: Path) -> Path:
-    """Convert a GGUF checkpoint once into a transformers folder (safetensors) under ``cache_dir``."""
-    target = cache_dir / f"{gguf.stem}-{hash_file(gguf)[:12]}"
-    if (target / "config.json").is_file():
-        return target
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    log.info("converting %s to safetensors once (later loads skip dequantisation)", gguf.name)
-    tmp = target.with_name(target.name + f".tmp-{os.getpid()}")
-    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    model.save_pretrained(tmp, safe_serialization=True)
-    tok.save_pretrained(tmp)
-    try:
-        os.replace(tmp, target)
-    except OSError:  # another process won the race; its copy is identical
-        import shutil
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
-
-
 class TransformersLLM:
     """A causal LM from a hub id, a local folder, or a GGUF file; batched, left-padded generation."""
 
@@ -85,7 +65,7 @@ class TransformersLLM:
         if self._model is not None:
             return
         from .models import device as pick_device
-        from .training import load_base, materialize_base
+        from .loading import load_base, materialize_base
         source, revision = materialize_base(self.ref, self.cache_dir)
         dev = self._device or pick_device()
         tok, model = load_base(source, revision, dev)      # one loader for training, evaluation and generation

@@ -8,21 +8,20 @@ fingerprint), writes ``_manifest.json`` and is published by a rename.
 """
 from __future__ import annotations
 
-import importlib.metadata as md
 import logging
 import os
-import platform
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable, Optional
 
-from . import __version__, registry
+from . import registry
 from .cache import (MANIFEST, atomic_write_json, atomic_write_text, hash_file, hash_obj, read_manifest,
                     tree_files, tree_hash)
 from .errors import StageError, TwinError, UsageError
 from .executors import make_executor
+from .lockfile import lib_versions, write_lock
 from .models import resolve
 from .progress import NullProgress
 from .stage import Stage, StageContext
@@ -54,16 +53,6 @@ class BuildResult:
 
     def as_dict(self) -> dict:
         return asdict(self)
-
-
-def lib_versions(names: Iterable[str]) -> dict[str, str]:
-    out = {"python": platform.python_version(), "twin": __version__}
-    for n in names:
-        try:
-            out[n] = md.version(n)
-        except md.PackageNotFoundError:
-            out[n] = "not installed"
-    return out
 
 
 def fingerprint_parts(stage: Stage, spec, upstream: dict[str, str]) -> dict:
@@ -200,7 +189,6 @@ class Runner:
             finally:
                 self._executor.close()
             if result.ok:
-                from .reproduce import write_lock
                 write_lock(self.spec, self.ws.root)
         return result
 

@@ -15,20 +15,17 @@ from typing import Any, Literal, Optional
 from urllib.parse import urlparse
 
 import yaml
-from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_validator,
+from pydantic import (BaseModel, Field, ValidationError, field_validator,
                       model_validator)
 
 from .errors import ConsentError, SpecError
+from .settings import Strict
 
 ConsentBasis = Literal["self", "written-permission", "public-figure-research", "historical"]
 #: Bases under which the twin may speak and sound like the person without restriction.
 UNRESTRICTED_BASES = ("self", "written-permission")
 
 
-class Strict(BaseModel):
-    """Base for every spec model: unknown keys are errors, values are checked on assignment."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
 def _is_url(text: str) -> bool:

@@ -18,7 +18,7 @@ from typing import Any, Callable, ClassVar, Optional, Sequence
 
 from .cache import atomic_write_json, read_json
 from .progress import NullProgress, ProgressHook
-from .spec import Strict
+from .settings import Strict
 
 
 PROJECT_PACKAGES = ("twin", "stages")

@@ -41,6 +41,7 @@ import numpy as np
 
 from .cache import atomic_write_json, read_json
 from .errors import UsageError
+from .loading import load_base
 
 log = logging.getLogger("twin.training")
 IGNORE = -100
@@ -234,59 +235,6 @@ def eval_loss(model, samples: list[dict], pad_id: int, batch_size: int = 8) -> O
 
 
 # ----------------------------------------------------------------- models
-
-def split_revision(ref: str) -> tuple[str, Optional[str]]:
-    """``org/name@rev`` → (``org/name``, ``rev``); local paths keep any ``@``."""
-    if "@" in ref and not os.path.exists(ref) and not ref.startswith(("/", ".")):
-        name, rev = ref.rsplit("@", 1)
-        return name, rev or None
-    return ref, None
-
-
-def materialize_base(location: str, cache_dir: Path) -> tuple[str, Optional[str]]:
-    """A folder or hub id transformers can load (a GGUF file is converted once to safetensors)."""
-    from .llm import gguf_to_safetensors
-    path = Path(location)
-    if path.suffix == ".gguf" and path.is_file():
-        return str(gguf_to_safetensors(path, cache_dir)), None
-    return split_revision(location)
-
-
-def load_base(source: str, revision: Optional[str], device: str, quantize_4bit: bool = False,
-              token: Optional[str] = None):
-    """The tokenizer and the frozen base model on ``device`` (bf16 on CUDA, float32 on CPU; 4-bit on request)."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from .models import dtype as pick_dtype
-    tok = AutoTokenizer.from_pretrained(source, revision=revision, token=token)
-    if getattr(tok, "chat_template", None) is None:
-        raise UsageError(f"base model {source!r} has no chat template; use an instruct/chat model")
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    dt = pick_dtype(device)
-    kwargs = {"revision": revision, "token": token, "dtype": dt}
-    if quantize_4bit:
-        if not device.startswith("cuda"):
-            log.warning("quantize_4bit needs a CUDA GPU; training the full-precision model on %s", device)
-            quantize_4bit = False
-        else:
-            from transformers import BitsAndBytesConfig
-            kwargs["quantization_config"] = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
-                                                               bnb_4bit_use_double_quant=True,
-                                                               bnb_4bit_compute_dtype=dt)
-            kwargs["device_map"] = {"": torch.cuda.current_device()}
-    model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
-    if quantize_4bit:
-        from peft import prepare_model_for_kbit_training
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
-    else:
-        model.to(device)
-    model.config.use_cache = False
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return tok, model
-
 
 def lora_config(cfg: TrainConfig, base_id: str, revision: Optional[str]):
     from peft import LoraConfig

@@ -21,7 +21,7 @@ class TwinLM:
         from peft import PeftModel
 
         from .models import device as pick_device
-        from .training import load_base
+        from .loading import load_base
         if not adapters:
             raise UsageError("a twin needs at least one adapter folder")
         self.device = pick_device(device)

@@ -1,0 +1,51 @@
+"""The layout the README shows: no import circle among the modules of twin/ (counting the imports
+inside functions too), and twin/ never imports a stage module (only the registry loads them)."""
+import ast
+from pathlib import Path
+
+from conftest import ROOT
+
+
+def _graph() -> dict[str, set[str]]:
+    graph = {}
+    for path in sorted((ROOT / "twin").glob("*.py")):
+        name = "twin" if path.stem == "__init__" else f"twin.{path.stem}"
+        deps = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                base = ("twin" if node.level == 1 else "") + (f".{node.module}" if node.level and node.module else "")
+                base = base if node.level else (node.module or "")
+                deps.add(base)
+                deps.update(f"{base}.{a.name}" for a in node.names)
+            elif isinstance(node, ast.Import):
+                deps.update(a.name for a in node.names)
+        graph[name] = deps
+    known = set(graph)
+    return {n: {d for d in deps if d in known and d != n and d != "twin"} for n, deps in graph.items()}
+
+
+def test_no_import_circle_in_twin():
+    graph = _graph()
+    state: dict[str, int] = {}
+    cycles = []
+
+    def visit(n, stack):
+        state[n] = 1
+        for d in sorted(graph[n]):
+            if state.get(d) == 1:
+                cycles.append(stack[stack.index(d):] + [d])
+            elif d not in state:
+                visit(d, stack + [d])
+        state[n] = 2
+    for n in sorted(graph):
+        if n not in state:
+            visit(n, [n])
+    assert not cycles, " ; ".join(" → ".join(c) for c in cycles)
+
+
+def test_twin_never_imports_a_stage_module():
+    for path in (ROOT / "twin").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else []
+            assert not any(n == "stages" or n.startswith("stages.") for n in names), (path.name, names)
