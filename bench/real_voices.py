@@ -203,7 +203,7 @@ def main() -> int:
     for flag in ("snr", "quality", "bed", "sweep", "all"):
         ap.add_argument(f"--{flag}", action="store_true")
     ap.add_argument("--limit", type=int, default=20, help="--snr: utterances per set")
-    ap.add_argument("--quality-limit", type=int, default=70, help="--quality: utterances per set (evenly spaced)")
+    ap.add_argument("--quality-limit", type=int, default=40, help="--quality: utterances per set (evenly spaced)")
     ap.add_argument("--demo-workspace", type=Path, help="--sweep: a demo build to include (default: built here "
                     "up to identify)")
     ap.add_argument("--committed", action="store_true", help="use the committed subset even if ../shared exists")
