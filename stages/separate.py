@@ -109,7 +109,7 @@ def load_demucs(ref: str, device: str):
     """A demucs model by name (from its hub, downloaded once) or a local checkpoint you trust.
 
     Local checkpoints are loaded with ``weights_only=True`` and only demucs' own model classes
-    allow-listed (DESIGN.md, Known traps): a checkpoint that needs anything else is refused.
+    allow-listed: a checkpoint that needs anything else is refused.
     """
     import torch
     path = Path(ref)
