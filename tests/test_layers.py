@@ -1,7 +1,6 @@
 """The layout the README shows: no import circle among the modules of twin/ (counting the imports
 inside functions too), and twin/ never imports a stage module (only the registry loads them)."""
 import ast
-from pathlib import Path
 
 from conftest import ROOT
 
@@ -49,3 +48,12 @@ def test_twin_never_imports_a_stage_module():
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
                 [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else []
             assert not any(n == "stages" or n.startswith("stages.") for n in names), (path.name, names)
+
+
+def test_ruff_finds_nothing():
+    """The repository's lint configuration (ruff.toml) holds on the whole tree."""
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache", "."], cwd=ROOT, capture_output=True,
+                         text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
