@@ -118,3 +118,19 @@ def test_spec_section_hash_is_pinned():
         "cookies": None, "subtitles": True, "strict": False, "locked": False})
     assert hash_obj({"b": 1, "a": [1, 2]}) == "94a786c3662bc7beeb598efa7d8cb58d7bea25d6c275ea9785a0230ff1f8c2ba"
     assert hash_obj({"b": 1, "a": [1, 2]}) == hash_obj({"a": [1, 2], "b": 1})
+
+
+def test_hub_models_are_fingerprinted_by_their_resolved_revision(tmp_path):
+    """A hub id is fingerprinted by the commit it resolves to (pinned `@rev`, or the local hub cache's
+    `main`), so a new download of the same name changes the stages that use it."""
+    from twin.models import resolve
+    spec = parse_spec(MINIMAL + f"profile: full\nmodels: {{llm: Org/model, base_model: Org/model@v2, "
+                      f"cache_dir: {tmp_path}}}\n", "s.yaml", check_files=False)
+    assert resolve("base_model", spec).fingerprint_id == "Org/model@v2@rev:v2"
+    assert resolve("llm", spec).fingerprint_id == "Org/model@unresolved"
+    refs = tmp_path / "models--Org--model" / "refs"
+    refs.mkdir(parents=True)
+    (refs / "main").write_text("1111\n")
+    first = resolve("llm", spec).fingerprint_id
+    (refs / "main").write_text("2222\n")
+    assert first == "Org/model@commit:1111" and resolve("llm", spec).fingerprint_id == "Org/model@commit:2222"

@@ -107,7 +107,25 @@ def resolve(role: str, spec) -> ResolvedModel:
         if not local.exists():
             raise UsageError(f"models.{role}: local path {local} does not exist")
         return ResolvedModel(role, ref, "local", str(local), _local_version(local))
-    return ResolvedModel(role, ref, "hub", ref, "hub")
+    return ResolvedModel(role, ref, "hub", ref, hub_revision(ref, spec.models.cache_dir))
+
+
+def hub_revision(ref: str, cache_dir: Optional[str] = None) -> str:
+    """The commit a hub id stands for, without the network: the revision pinned in the ref
+    (``org/name@rev``), else the commit the local hub cache holds for ``main`` (what a load will
+    use offline), else ``unresolved`` — a fingerprint then changes when the download happens,
+    and a pinned ``@rev`` is the way to make it exact."""
+    if "@" in ref:
+        return "rev:" + ref.rsplit("@", 1)[1]
+    if "/" not in ref:
+        return "name:" + ref           # a name its library resolves itself (whisperx "large-v3", demucs "htdemucs")
+    try:
+        from huggingface_hub import constants
+        root = Path(cache_dir).expanduser() if cache_dir else Path(constants.HF_HUB_CACHE)
+    except ImportError:
+        return "unresolved"
+    refs = root / f"models--{ref.replace('/', '--')}" / "refs" / "main"
+    return "commit:" + refs.read_text().strip() if refs.is_file() else "unresolved"
 
 
 def hub_token(spec) -> Optional[str]:
