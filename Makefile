@@ -2,7 +2,7 @@
 SPEC ?= persona_specs/demo.yaml
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test bench media clean
+.PHONY: setup demo test test-fast bench media clean
 
 setup:
 	@bash scripts/setup.sh
@@ -14,6 +14,10 @@ demo: setup
 
 test: setup
 	.venv/bin/python -m pytest -m "" $(PYTEST_ARGS) tests
+
+# day-to-day: everything not marked slow (no demo build, no real-voice conversations)
+test-fast: setup
+	.venv/bin/python -m pytest -m "not slow" $(PYTEST_ARGS) tests
 
 bench: setup
 	.venv/bin/python bench/run.py

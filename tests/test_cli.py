@@ -3,6 +3,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from conftest import ROOT, TWIN, run_twin
 from twin.cache import read_jsonl, read_manifest
 
@@ -25,6 +27,7 @@ def test_unknown_stage_and_bad_options_are_usage_errors():
     assert run_twin("build", spec, "--workers", "0").returncode == 2
 
 
+@pytest.mark.slow      # reads the session's demo build
 def test_demo_build_end_to_end(demo_build):
     spec = ROOT / "persona_specs" / "demo.yaml"
     ws, out = demo_build
@@ -45,6 +48,7 @@ def test_demo_build_end_to_end(demo_build):
     assert (ws / "package" / "artifact" / "report" / "report.html").is_file()
 
 
+@pytest.mark.slow      # reads the session's demo build
 def test_demo_twin_beats_its_base_model_on_held_out_data(demo_build):
     """The issue's bar: held-out loss of the twin is lower than the base model's on both datasets."""
     from twin.cache import read_json

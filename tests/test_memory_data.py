@@ -1,4 +1,6 @@
 """memory_data: first-person, grounded QA pairs from the demo's third-person bio."""
+import pytest
+
 from stages.memory_data import first_person, questions_for, third_person_hits
 from twin.cache import read_json, read_jsonl
 
@@ -24,6 +26,7 @@ def test_questions_come_from_the_facts_own_content():
     assert "when" in qs and "opinion" in qs and "follow-up" in qs
 
 
+@pytest.mark.slow      # reads the session's demo build
 def test_demo_memory_pairs_are_first_person_grounded_and_unique(demo_build):
     ws, result = demo_build
     assert result.returncode == 0, result.stderr

@@ -1,6 +1,8 @@
 """style_data: the persona's own words as chat samples."""
 import json
 
+import pytest
+
 from conftest import run_twin
 from stages.style_data import clean_text, other_language, prompt_for, shingles
 from twin.cache import read_json, read_jsonl
@@ -71,6 +73,7 @@ def test_style_samples_from_posts_replies_and_interviews(spec_dir, tmp_path):
     assert 1 <= stats["eval"] <= 10
 
 
+@pytest.mark.slow      # reads the session's demo build
 def test_demo_style_data_uses_interview_answers(demo_build):
     ws, _ = demo_build
     samples = read_jsonl(ws / "style_data" / "train.jsonl") + read_jsonl(ws / "style_data" / "eval.jsonl")
