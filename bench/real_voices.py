@@ -213,7 +213,8 @@ def main() -> int:
     warnings.filterwarnings("ignore")
     logging.basicConfig(level=logging.WARNING)
     root = rv.corpus(prefer_shared=not args.committed)
-    lines = [f"corpus: {root}"]
+    shown = root.relative_to(ROOT.parent) if root.is_relative_to(ROOT.parent) else root
+    lines = [f"corpus: {shown} (LibriSpeech, CC BY 4.0)"]
     if args.snr or args.all:
         lines += snr_table(root, args.limit)
     if args.quality or args.all:
