@@ -159,9 +159,9 @@ def cut_clips(turns: list[tuple[float, float]], audio, s: dict, others: list[tup
     (only the turns and a second around them are read).
 
     Each turn first runs on over the persona's speech at its edges up to the nearest pause (never
-    towards another speaker without one). Another speaker's speech, widened by ``overlap_margin``, is cut out of the persona's turns
-    (diarization places boundaries to a few hundred ms): a clip ends before the next speaker
-    instead of being thrown away whole. At a quick turn change (another speaker within
+    towards another speaker without one). Another speaker's speech, widened by ``overlap_margin``,
+    is cut out of the persona's turns (diarization places boundaries to a few hundred ms): a clip
+    ends before the next speaker instead of being thrown away whole. At a quick turn change (another speaker within
     ``boundary_guard`` seconds of the clip) with no pause between the two voices, the clip starts
     after its first pause and ends at its last pause near that boundary (or gives up
     ``boundary_guard`` seconds there): diarization places such changes up to ~0.7 s late on real
