@@ -15,6 +15,7 @@ speech went (overlapped, not cut into a clip, rejected by main reason, kept).
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Optional
 
@@ -179,7 +180,7 @@ def cut_clips(turns: list[tuple[float, float]], audio, s: dict, others: list[tup
     hop = 160
     guard = s["boundary_guard"]
     spans = []
-    need = max(1, int(round(s["min_pause"] * RATE / hop)))
+    need = max(1, math.ceil(s["min_pause"] * RATE / hop - 1e-6))    # frames of silence that make a pause
     for a, b in merged:
         if s["extend_seconds"] > 0:
             a, b = _extend_to_pauses(a, b, audio, others, m, s["extend_seconds"], need, hop, sounds_like_persona)
@@ -192,15 +193,7 @@ def cut_clips(turns: list[tuple[float, float]], audio, s: dict, others: list[tup
         a2 = a + max(speech[0] * hop / RATE - s["pad"], 0)
         b2 = a + min((speech[-1] + 1) * hop / RATE + s["pad"], len(seg) / RATE)
         # pause centres: runs of silence at least min_pause long
-        pauses = []
-        run_start = None
-        for i, v in enumerate(np.append(sil, False)):
-            if v and run_start is None:
-                run_start = i
-            elif not v and run_start is not None:
-                if (i - run_start) * hop / RATE >= s["min_pause"]:
-                    pauses.append(a + (run_start + i) / 2 * hop / RATE)
-                run_start = None
+        pauses = [a + (i + j) / 2 * hop / RATE for i, j in _silent_runs(sil, need)]
         if guard > 0:
             # a boundary next to another speaker is trusted when a pause separates the two voices;
             # otherwise (they ran into each other, or diarization placed the change late) the clip
