@@ -162,11 +162,11 @@ def cut_clips(turns: list[tuple[float, float]], audio, s: dict, others: list[tup
     Each turn first runs on over the persona's speech at its edges up to the nearest pause (never
     towards another speaker without one). Another speaker's speech, widened by ``overlap_margin``,
     is cut out of the persona's turns (diarization places boundaries to a few hundred ms): a clip
-    ends before the next speaker instead of being thrown away whole. At a quick turn change (another speaker within
-    ``boundary_guard`` seconds of the clip) with no pause between the two voices, the clip starts
-    after its first pause and ends at its last pause near that boundary (or gives up
-    ``boundary_guard`` seconds there): diarization places such changes up to ~0.7 s late on real
-    voices (bench/real_voices.py), so the words there may be the other speaker's."""
+    ends before the next speaker instead of being thrown away whole. At a quick turn change
+    (another speaker within ``boundary_guard`` seconds of the clip) with no pause between the two
+    voices, the clip starts after its first pause and ends at its last pause near that boundary (or
+    gives up ``boundary_guard`` seconds there): diarization places such changes up to ~0.7 s late
+    on real voices (bench/real_voices.py), so the words there may be the other speaker's."""
     m = s["overlap_margin"]
     turns = _subtract(sorted(turns), [(oa - m, ob + m) for oa, ob in others])
     # merge across short pauses with no other speaker inside
@@ -185,7 +185,10 @@ def cut_clips(turns: list[tuple[float, float]], audio, s: dict, others: list[tup
         if s["extend_seconds"] > 0:
             a, b = _extend_to_pauses(a, b, audio, others, m, s["extend_seconds"], need, hop, sounds_like_persona)
         seg = audio.read(int(a * RATE), int(b * RATE))
-        sil = silence_mask(seg, hop)
+        if len(seg) < hop:
+            continue
+        level = float(np.percentile(_frame_energy(seg, hop), 90))    # the turn's speech level
+        sil = silence_mask(seg, hop, level)
         # trim to speech
         speech = np.nonzero(~sil)[0]
         if not len(speech):
@@ -198,7 +201,6 @@ def cut_clips(turns: list[tuple[float, float]], audio, s: dict, others: list[tup
             # a boundary next to another speaker is trusted when a pause separates the two voices;
             # otherwise (they ran into each other, or diarization placed the change late) the clip
             # moves to its own nearest pause, or gives up ``boundary_guard`` seconds there
-            level = float(np.percentile(_frame_energy(seg, hop), 90))
             before = [ob for _, ob in others if a2 - guard <= ob <= a2 + s["pad"]]
             if before and not _silent_runs(silence_mask(audio.read(int(max(before) * RATE), int(
                     (a2 + s["pad"]) * RATE)), hop, level), need):

@@ -44,7 +44,7 @@ def speech_probability(x: np.ndarray, vad_path: str) -> np.ndarray:
 
 
 def _frames(x: np.ndarray, prob: np.ndarray, speech_at: float, pause_at: float):
-    """10 ms frame powers of ``x`` and, per frame, whether its VAD window is speech or a clear pause
+    """8 ms frame powers of ``x`` and, per frame, whether its VAD window is speech or a clear pause
     (a pause window next to speech is neither: it holds the speech's onset or tail)."""
     n = len(prob)
     power = np.mean(x[: n * VAD_WINDOW].astype(np.float64).reshape(-1, FRAME) ** 2, axis=1)
@@ -61,7 +61,7 @@ def speech_snr(x: np.ndarray, vad_path: str, context: Optional[np.ndarray] = Non
 
     ``context``: audio around the clip (the recording before and after it); its pauses add to
     the clip's own when measuring the noise, which matters for clips trimmed to their speech.
-    With less than 0.2 s of pauses anywhere, the noise is the 5th percentile of the clip's frame
+    With fewer than 20 pause frames (0.16 s) anywhere, the noise is the 5th percentile of the clip's frame
     powers (the quietest moments between words). Returns NaN when the VAD finds no speech."""
     x = np.asarray(x, dtype=np.float32)
     prob = speech_probability(x, vad_path)
@@ -72,8 +72,8 @@ def speech_snr(x: np.ndarray, vad_path: str, context: Optional[np.ndarray] = Non
         return float("nan")
     noise = [power[pause]]
     if context is not None and len(context) >= VAD_WINDOW:
-        cp = speech_probability(np.asarray(context, dtype=np.float32), vad_path)
-        cpow, _, cpause = _frames(np.asarray(context, dtype=np.float32), cp, speech_at, pause_at)
+        context = np.asarray(context, dtype=np.float32)
+        cpow, _, cpause = _frames(context, speech_probability(context, vad_path), speech_at, pause_at)
         noise.append(cpow[cpause])
     pauses = np.concatenate(noise)
     noise_power = float(np.median(pauses)) if len(pauses) >= 20 else float(np.percentile(power, 5))
