@@ -118,42 +118,17 @@ def bed_build(folder: Path, root: Path, settings: dict | None = None):
     return results
 
 
-def bed_scores(conv: dict, ws: Path) -> dict:
-    """Diarization and selection quality of one conversation's build against its truth."""
-    from twin.cache import read_json, read_jsonl
-    from twin.metrics import der, load_rttm, persona_purity_recall
-    rid = read_jsonl(ws / "fetch" / "videos.jsonl")[0]["id"]
-    ref = [(x["start"], x["end"], x["speaker"]) for x in conv["truth"]]
-    hyp = load_rttm(ws / "diarize" / f"{rid}.rttm").get(rid, [])
-    ident = read_json(ws / "identify" / "identify.json")["recordings"].get(rid, {})
-    persona = [(x["start"], x["end"]) for x in read_jsonl(ws / "identify" / "persona_segments.jsonl")]
-    pr = persona_purity_recall(ref, persona, conv["persona"])
-    clips = read_jsonl(ws / "qualify" / "clips.jsonl")
-    texts = {r["id"]: r for r in read_jsonl(ws / "transcribe" / "transcripts.jsonl")}
-    kept = [c for c in clips if c["kept"] and texts.get(c["id"], {}).get("kept")]
-    clean = rv.clean_persona_seconds(conv["truth"], conv["persona"])
-    total = sum(b - a for a, b in clean)
-    covered = sum(max(0.0, min(c["end"], b) - max(c["start"], a)) for c in kept for a, b in clean)
-    bad = [c["id"] for c in kept for t in conv["truth"]
-           if t["start"] < c["end"] - 0.05 and t["end"] > c["start"] + 0.05
-           and (t["speaker"] != conv["persona"] or t["noisy"] or t["music"])]
-    return {"der": der(ref, hyp), "found": ident.get("found"), "similarity": ident.get("similarity"),
-            "purity": pr["purity"], "recall": pr["recall"], "clean_total": total,
-            "clean_kept": covered / total if total else float("nan"), "kept": len(kept), "bad": sorted(set(bad)),
-            "summary": read_json(ws / "voiceset" / "summary.json")}
-
-
 def bed_table(results: dict) -> list[str]:
     lines = ["", "| conversation | seconds to build | DER | missed | false alarm | confusion | persona found "
              "(similarity) | purity | recall | clean persona s | kept of it | kept clips | with another speaker "
              "or noise |", "|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|"]
     where = []
     for name, (conv, ws, secs, _) in results.items():
-        sc = bed_scores(conv, ws)
+        sc = rv.score_build(conv, ws)
         d = sc["der"]
         lines.append(f"| {name} | {secs:.0f} | {d['der']:.3f} | {d['missed']:.3f} | {d['false_alarm']:.3f} | "
                      f"{d['confusion']:.3f} | {sc['found']} ({sc['similarity']}) | {sc['purity']:.3f} | "
-                     f"{sc['recall']:.3f} | {sc['clean_total']:.1f} | {sc['clean_kept']:.3f} | {sc['kept']} | "
+                     f"{sc['recall']:.3f} | {sc['clean_total']:.1f} | {sc['clean_kept']:.3f} | {len(sc['kept'])} | "
                      f"{len(sc['bad'])} |")
         w = sc["summary"].get("speech_accounting", {})
         where.append(f"{name}: " + ", ".join(f"{k} {v}" for k, v in w.get("rows", [])))

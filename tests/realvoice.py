@@ -307,6 +307,33 @@ def clean_persona_seconds(truth: list[dict], persona: str) -> list[tuple[float, 
             and not x["music"] and not x["overlap"]]
 
 
+def score_build(conv: dict, ws: Path) -> dict:
+    """Diarization and selection quality of one conversation's build (its workspace ``ws``) against its
+    truth: DER, persona purity and recall, the kept clips (qualify and transcribe), the share of the
+    clean persona speech they cover, and the kept clips with another speaker, noise or music in them."""
+    from twin.cache import read_json, read_jsonl
+    from twin.metrics import der, load_rttm, persona_purity_recall
+    rid = read_jsonl(ws / "fetch" / "videos.jsonl")[0]["id"]
+    ref = [(x["start"], x["end"], x["speaker"]) for x in conv["truth"]]
+    hyp = load_rttm(ws / "diarize" / f"{rid}.rttm").get(rid, [])
+    ident = read_json(ws / "identify" / "identify.json")["recordings"].get(rid, {})
+    persona = [(x["start"], x["end"]) for x in read_jsonl(ws / "identify" / "persona_segments.jsonl")]
+    pr = persona_purity_recall(ref, persona, conv["persona"])
+    clips = read_jsonl(ws / "qualify" / "clips.jsonl")
+    texts = {r["id"]: r for r in read_jsonl(ws / "transcribe" / "transcripts.jsonl")}
+    kept = [c for c in clips if c["kept"] and texts.get(c["id"], {}).get("kept")]
+    clean = clean_persona_seconds(conv["truth"], conv["persona"])
+    total = sum(b - a for a, b in clean)
+    covered = sum(max(0.0, min(c["end"], b) - max(c["start"], a)) for c in kept for a, b in clean)
+    bad = [c["id"] for c in kept for t in conv["truth"]
+           if t["start"] < c["end"] - 0.05 and t["end"] > c["start"] + 0.05
+           and (t["speaker"] != conv["persona"] or t["noisy"] or t["music"])]
+    return {"der": der(ref, hyp), "found": ident.get("found"), "similarity": ident.get("similarity"),
+            "purity": pr["purity"], "recall": pr["recall"], "clean_total": total,
+            "clean_kept": covered / total if total else float("nan"), "kept": kept, "bad": sorted(set(bad)),
+            "summary": read_json(ws / "voiceset" / "summary.json")}
+
+
 # The voices: LibriSpeech test-other readers (SPEAKERS.TXT). Women: 3080, 1998, 533, 367; men: 1688, 2414, 3005.
 
 def interview(root: Optional[Path] = None) -> Conversation:
