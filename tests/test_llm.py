@@ -39,15 +39,18 @@ class ChatServer:
         server = self
         self.requests = 0
         self.fail_first = fail_first
+        self.lock = threading.Lock()        # requests arrive on concurrent threads
 
         class Handler(BaseHTTPRequestHandler):
             def log_message(self, *a):
                 return None  # keep test output quiet
 
             def do_POST(self):
-                server.requests += 1
+                with server.lock:
+                    server.requests += 1
+                    number = server.requests
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                if server.requests <= server.fail_first:
+                if number <= server.fail_first:
                     self.send_error(503, "warming up")
                     return
                 reply = llm.chat([body["messages"]], GenParams(max_new_tokens=body.get("max_tokens", 32)))[0]
