@@ -360,8 +360,20 @@ def verify_cmd(artifact):
 @click.option("--no-disclosure-text", is_flag=True,
               help="keep the disclosure in the response metadata only (refused for restricted twins)")
 @click.option("--device", help="cpu, cuda, cuda:N (default: CUDA when present)")
+@click.option("--backend", help="generate on this OpenAI-compatible server (vLLM, Ollama) running the twin's "
+                                "adapter; retrieval, disclosure and the token check stay here")
+@click.option("--backend-model", help="the model name the backend serves the adapter under (default: the "
+                                      "persona id, as serving/vllm-lora-modules.json names it)")
+@click.option("--backend-key-env", default="TWIN_BACKEND_KEY", show_default=True,
+              help="environment variable holding the backend's API key, if it needs one")
+@click.option("--no-memory", is_flag=True, help="answer without the artifact's memory index")
+@click.option("--memory-k", type=click.IntRange(1, 20), help="memories per answer (default: the artifact's)")
+@click.option("--memory-min-score", type=click.FloatRange(-1, 1),
+              help="similarity floor of a memory (default: the artifact's)")
+@click.option("--embedder", help="where the memory's embedding model is, when not where it was built")
 def serve_cmd(artifact, host, port, base, adapter, token_env, open_access, max_request_bytes, max_tokens,
-              disclosure, no_disclosure_text, device):
+              disclosure, no_disclosure_text, device, backend, backend_model, backend_key_env, no_memory, memory_k,
+              memory_min_score, embedder):
     """Serve a twin artifact over an OpenAI-compatible API (/v1/models, /v1/chat/completions)."""
     import os
 
@@ -371,12 +383,24 @@ def serve_cmd(artifact, host, port, base, adapter, token_env, open_access, max_r
                       max_request_bytes=max_request_bytes, max_tokens=max_tokens, disclosure=disclosure,
                       disclosure_in_text=not no_disclosure_text)
     folder = open_artifact(artifact)
-    check_config(cfg, read_manifest(folder))
-    twin_model = load(folder, base=base, adapter=adapter, device=device)
+    manifest = read_manifest(folder)
+    check_config(cfg, manifest)
+    chat_backend = None
+    if backend:
+        from twin.llm import BackendChat
+        if not backend.startswith(("http://", "https://")):
+            raise click.BadParameter(f"{backend!r} is not an http(s) URL", param_hint="--backend")
+        chat_backend = BackendChat(backend, backend_model or manifest["persona"]["id"], api_key_env=backend_key_env)
+    overrides = {k: v for k, v in (("k", memory_k), ("min_score", memory_min_score)) if v is not None}
+    twin_model = load(folder, base=base, adapter=adapter, device=device, memory=not no_memory, retrieval=overrides,
+                      embedder=embedder, backend=chat_backend)
     server = make_server(twin_model, cfg)
     h, p = server.server_address[:2]
+    mem = twin_model.memory
     click.echo(f"serving the twin of {twin_model.name} as {cfg.model_name!r} on http://{h}:{p}/v1 "
-               f"({'open, loopback only' if open_access else 'bearer token required'})", err=False)
+               f"({'open, loopback only' if open_access else 'bearer token required'}; "
+               + (f"memory: {len(mem.index.entries)} entries, k={mem.settings.k}, floor {mem.settings.min_score}"
+                  if mem else "no memory") + (f"; generating on {backend}" if backend else "") + ")", err=False)
     sys.stdout.flush()
     import contextlib
     import signal

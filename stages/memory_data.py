@@ -2,8 +2,8 @@
 
 1. Chunk every fact document by section and sentence; each sentence is one fact
    (``fact_method: sentence``).
-2. Ask about each fact from several angles — what, when (dates), where (places), how,
-   opinion, follow-up — plus, per section, a question the text does not answer, whose answer
+2. Ask about each fact from several angles — what, when (dates), where (places), how
+   much, follow-up — plus, per section, a question the text does not answer, whose answer
    admits not knowing. Questions come from templates driven by the fact's own entities, dates
    and numbers (``question_method: template``): a small model proposes questions too poorly.
 3. Answer in the first person: the LLM rewrites the fact as the persona's answer; an answer
@@ -14,11 +14,20 @@
    plus number and entity overlap), first person (no third-person reference to the persona),
    not a duplicate.
 5. Identity samples (who are you, what do you do) that disclose, by setting, that the twin is
-   synthetic. Split by fact: one paraphrased question of every trained fact is held out for
-   evaluation, so evaluation asks about trained facts without repeating a trained question.
+   synthetic, and — asked in several ways whether it is real — say so. Questions the sources do
+   not answer are answered with the abstention ("I don't know — ...").
+6. The memory index (``twin.memory``): one first-person statement per fact, the persona's posts,
+   who they are and the disclosure, each with its source and provenance; dense (the spec's
+   sentence-embedding model) and BM25, fused. The training samples carry what retrieval finds
+   for their question in their system prompt, exactly as the twin sees it when it answers
+   (``retrieval.template``), so the adapter learns to answer from its memories and to say it
+   does not know when they do not hold the answer.
+7. Split by fact: one paraphrased question of every trained fact is held out for evaluation
+   (without memories: evaluate asks with and without them), so evaluation asks about trained
+   facts without repeating a trained question.
 
 Outputs: ``train.jsonl``, ``eval.jsonl`` (chat samples with fact, chunk, methods, checks),
-``rejected.jsonl``, ``stats.json``.
+``rejected.jsonl``, ``stats.json``, ``index/`` (the memory index, with the retrieval settings).
 """
 from __future__ import annotations
 
@@ -31,6 +40,7 @@ from pydantic import Field
 
 from twin.cache import atomic_write_json, atomic_write_jsonl, read_jsonl
 from twin.errors import StageError
+from twin.memory import RetrievalSettings
 from twin.registry import register
 from twin.settings import Strict
 from twin.stage import Stage
@@ -38,7 +48,9 @@ from twin.text import MONTHS, NUMBER_WORDS, entities, numbers
 
 class Settings(Strict):
     answer_method: str = Field("auto", pattern="^(auto|llm|rule)$",
-                               description="auto: the LLM, with the rule-based rewrite when its answer fails a check")
+                               description="auto: the rule-based rewrite with the embedded profile's own model (its "
+                                           "answers pass the checks too rarely, measured), else the LLM with the "
+                                           "rule-based rewrite when its answer fails a check")
     min_similarity: float = Field(0.55, gt=0, lt=1, description="answer-to-fact embedding similarity needed")
     max_new_tokens: int = Field(80, ge=8, le=1024, description="longest LLM answer")
     batch_size: int = Field(8, ge=1, le=128, description="LLM batch size")
@@ -47,6 +59,11 @@ class Settings(Strict):
     unanswerable_per_section: int = Field(1, ge=0, le=5, description="questions the text does not answer, per section")
     server_model: str = Field("default", description="model name to ask for when models.llm is an http(s) URL of "
                                                      "an OpenAI-compatible server")
+    retrieval: RetrievalSettings = Field(default_factory=RetrievalSettings,
+                                         description="the memory index and how the twin recalls from it")
+
+REALITY_QUESTIONS = ("Are you a real person?", "Are you an AI?", "Am I talking to a real person?", "Are you human?",
+                     "Is this really you?", "Are you a bot?")
 
 
 # ----------------------------------------------------------------- facts
@@ -63,7 +80,7 @@ def facts_of(doc: dict) -> list[dict]:
         for sent in split_sentences(sec["text"]):
             fid = hashlib.sha256(f"{doc['id']}|{sent}".encode()).hexdigest()[:16]
             out.append({"id": fid, "text": sent, "section": sec.get("title"), "document": doc["id"],
-                        "chunk": sec["text"][:2000]})
+                        "doc_source": doc.get("source"), "chunk": sec["text"][:2000]})
     return out
 
 
@@ -119,7 +136,8 @@ def questions_for(fact: dict, persona_names: list[str]) -> list[tuple[str, str]]
         qs.append(("where", f"What connects you to {places[0]}?"))
     if numbers(text) - set(re.findall(r"\b(1[89]\d\d|20\d\d)\b", text)):
         qs.append(("how-much", f"What are the numbers behind {topic}?"))
-    qs.append(("opinion", f"How do you feel about {topic}?"))
+    # no "how do you feel about ..." angle: a fact restated is not an opinion, and such a pair would
+    # teach the twin to answer opinions with facts
     qs.append(("follow-up", f"And what else should I know about {topic}?"))
     return qs
 
@@ -233,11 +251,14 @@ class MemoryData(Stage):
         for f in facts:
             for angle, q in questions_for(f, names):
                 pairs.append({"fact": f, "angle": angle, "question": q})
-        # 1. answers
+        # 1. answers (auto: the LLM only where it is not the embedded profile's own small model)
+        mode = s.answer_method
+        if mode == "auto" and spec.profile == "embedded" and not getattr(spec.models, "llm", None):
+            mode = "rule"
         rule_answers = [first_person(p["fact"]["text"], names) for p in pairs]
         llm_answers: list[Optional[str]] = [None] * len(pairs)
         llm_id = None
-        if s.answer_method in ("auto", "llm"):
+        if mode in ("auto", "llm"):
             # generation runs as work items of the executor (local processes or a Ray cluster)
             llm_params = {"ref": ctx.models["llm"].location, "cache_dir": str(ctx.cache),
                           "device": "cpu" if spec.profile == "embedded" else None, "batch_size": s.batch_size,
@@ -291,7 +312,7 @@ class MemoryData(Stage):
             answer, method = cands[i]
             sim = float(vec_a[i] @ vec_f[i])
             problems = check(answer, p["fact"]["text"], sim)
-            if problems and method == "llm" and s.answer_method == "auto":
+            if problems and method == "llm" and mode == "auto":
                 rejected.append({"question": p["question"], "answer": answer, "method": "llm", "attempt": 2,
                                  "fact": p["fact"]["id"], "reasons": problems})
                 answer, method, sim = rule_answers[i], "rule", float(vec_r[i] @ vec_f[i])
@@ -327,8 +348,7 @@ class MemoryData(Stage):
                 kept.append({"id": hashlib.sha256(f"unknown|{doc}|{section}|{q}".encode()).hexdigest()[:16],
                              "messages": [{"role": "system", "content": f"You are {spec.name}."},
                                           {"role": "user", "content": q},
-                                          {"role": "assistant", "content": "I'd rather not guess — that's not "
-                                                                           "something I can tell you."}],
+                                          {"role": "assistant", "content": s.retrieval.abstain_reply}],
                              "kind": "unanswerable", "angle": "not-in-text", "fact": None, "section": section,
                              "document": doc, "question_method": "template", "answer_method": "rule", "model": None})
         # 4. identity
@@ -336,9 +356,11 @@ class MemoryData(Stage):
         who = first_person(intro[0]["text"], names)
         disclosure = (f" I'm a synthetic digital twin of {spec.name}, built from public material, not the person "
                       "themselves." if s.disclose_synthetic else "")
-        for q in ("Who are you?", "Tell me about yourself.", "What do you do?", "Are you a real person?"):
-            ans = f"I'm {spec.name}. {who}{disclosure}" if q != "Are you a real person?" else (
-                disclosure.strip() or f"I'm {spec.name}.")
+        # asked whether it is real, the twin says what it is whatever the setting
+        real = (f"No — I'm a synthetic digital twin of {spec.name}, built from public material, not the person "
+                "themselves.")
+        for q in ("Who are you?", "Tell me about yourself.", "What do you do?", *REALITY_QUESTIONS):
+            ans = real if q in REALITY_QUESTIONS else f"I'm {spec.name}. {who}{disclosure}"
             kept.append({"id": hashlib.sha256(f"identity|{q}".encode()).hexdigest()[:16],
                          "messages": [{"role": "system", "content": f"You are {spec.name}."},
                                       {"role": "user", "content": q}, {"role": "assistant", "content": ans}],
@@ -347,10 +369,13 @@ class MemoryData(Stage):
         # 5. split by fact: a paraphrase per trained fact is held out
         train, evals = [], []
         per_fact: dict[str, list] = {}
+        # questions the sources do not answer: every other one (by id) held out, the first trained
+        unknown = sorted((x for x in kept if x["kind"] == "unanswerable"), key=lambda x: x["id"])
+        held_unknown = {x["id"] for x in unknown[1::2]}
         for x in kept:
             if x["kind"] == "fact":
                 per_fact.setdefault(x["fact"], []).append(x)
-            elif x["kind"] == "unanswerable" and int(x["id"][:4], 16) % 2:
+            elif x["id"] in held_unknown:
                 evals.append(x)
             else:
                 train.append(x)
@@ -358,6 +383,9 @@ class MemoryData(Stage):
             held = [x for x in xs if x["angle"] == "what-paraphrase"][: s.eval_per_fact] if len(xs) > 1 else []
             evals += held
             train += [x for x in xs if x not in held]
+        # 6. the memory index, and the training samples with what retrieval finds for them
+        index = self._index(ctx, facts, names, who, emb)
+        with_context = _recall_for_training(train, index, s.retrieval, spec.name)
         atomic_write_jsonl(ctx.out / "train.jsonl", train)
         atomic_write_jsonl(ctx.out / "eval.jsonl", evals)
         atomic_write_jsonl(ctx.out / "rejected.jsonl", rejected)
@@ -368,7 +396,51 @@ class MemoryData(Stage):
                  "pairs": len(kept), "train": len(train), "eval": len(evals),
                  "by_kind": dict(Counter(x["kind"] for x in kept)),
                  "by_answer_method": dict(Counter(x["answer_method"] for x in kept)),
-                 "question_method": "template", "llm": llm_id,
+                 "question_method": "template", "llm": llm_id, "answer_method": mode,
+                 "index": {"entries": len(index.entries),
+                           "by_kind": dict(sorted(Counter(e["kind"] for e in index.entries).items())),
+                           "train_samples_with_memories": with_context},
                  "rejected_by_reason": {re.sub(r" \(.*\)$", "", k): v for k, v in reasons.items()}}
         atomic_write_json(ctx.out / "stats.json", stats)
-        return {k: stats[k] for k in ("facts", "coverage", "pairs", "train", "eval")}
+        return {**{k: stats[k] for k in ("facts", "coverage", "pairs", "train", "eval")},
+                "memories": len(index.entries)}
+
+    def _index(self, ctx, facts: list[dict], names: list[str], who: str, model):
+        from twin.artifact import default_disclosure
+        from twin.memory import Embedder, MemoryIndex, entries_from
+        spec, s, fetch = ctx.spec, ctx.settings, ctx.input("fetch")
+        posts = read_jsonl(fetch / "posts.jsonl") if (fetch / "posts.jsonl").is_file() else []
+        prov = {r["source"]: r for r in read_jsonl(fetch / "provenance.jsonl")
+                if r.get("source") and r.get("status") == "ok"} if (fetch / "provenance.jsonl").is_file() else {}
+        entries = entries_from(facts, posts, prov, name=spec.name, first_person=lambda t: first_person(t, names),
+                               who=who, disclosure=default_disclosure(spec.name), index_posts=s.retrieval.index_posts)
+        m = ctx.models["sentence_embedding"]
+        embedder = Embedder(m.location, m.fingerprint_id, model=model)
+        index = MemoryIndex.build(entries, embedder, {"id": m.fingerprint_id, "ref": m.ref, "kind": m.kind})
+        index.info = {"retrieval": s.retrieval.model_dump(mode="json")}
+        index.save(ctx.out / "index")
+        return index
+
+
+def _recall_for_training(samples: list[dict], index, settings: RetrievalSettings, name: str) -> int:
+    """Put in each memory sample's system prompt what the twin would recall for its question: the
+    entries above the floor for questions with an answer, the nearest ones (distractors) for
+    questions the sources do not answer — the answer stays "I don't know". Returns how many."""
+    from twin.artifact import default_disclosure
+    from twin.memory import Memory, with_memories
+    memory = Memory(index, settings, name, default_disclosure(name))
+    n = 0
+    for x in samples:
+        if x["kind"] not in ("fact", "unanswerable", "identity"):
+            continue
+        conv, answer = x["messages"][:-1], x["messages"][-1]
+        if x["kind"] == "unanswerable":
+            hits = index.search(conv[-1]["content"], settings.k)
+            conv = with_memories(conv, hits, name, settings.template)
+        else:
+            rec = memory.prepare(conv)
+            hits, conv = rec.hits, rec.conversation
+        x["messages"] = conv + [answer]
+        x["memories"] = [h.entry["id"] for h in hits]
+        n += bool(hits)
+    return n

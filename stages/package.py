@@ -74,6 +74,17 @@ def model_card(man: dict, metrics: Optional[dict]) -> str:
               "", "| adapter | rank | path |", "|---|---:|---|"]
     for name, a in man["adapters"].items():
         lines.append(f"| {name} | {a['rank']} | `{a['path']}` |")
+    mem = man.get("memory")
+    if mem:
+        r = mem["retrieval"]
+        lines += ["", "## Memory", "",
+                  f"`memory/`: {mem['entries']} first-person entries (" + ", ".join(f"{n} {k}" for k, n in
+                                                                          mem["by_kind"].items()) + "), each with its "
+                  f"source and provenance; dense vectors from `{mem['embedding']['id']}` and a BM25 index "
+                  f"(bm25s {mem['lexical']['version']}), fused. Servers put the {r['k']} best entries with a "
+                  f"similarity of at least {r['min_score']} in the system prompt; a question about the persona with "
+                  "none is answered with \"" + r["abstain_reply"] + "\". `twin serve` and `twin.load` do this; "
+                  "vLLM and Ollama cannot retrieve: put `twin serve --backend URL` in front of them."]
     lines += ["", "## Consent and provenance", "", f"- consent basis: **{c['basis']}**; evidence: {c['evidence'] or '—'}"
               + (f" (file `{c['evidence_file']['name']}`, sha256 `{c['evidence_file']['sha256'][:16]}…`)"
                  if c.get("evidence_file") else ""),
@@ -81,13 +92,15 @@ def model_card(man: dict, metrics: Optional[dict]) -> str:
               "licence note, in `provenance.jsonl`", ""]
     if metrics:
         t, bm = metrics["twin"], metrics["base"]
-        lines += ["## Evaluation (base → twin)", "", "| metric | base | twin |", "|---|---:|---:|"]
+        tm_ = metrics.get("twin_memory") or {}
+        lines += ["## Evaluation (base → twin → twin + memory)", "", "| metric | base | twin | twin + memory |",
+                  "|---|---:|---:|---:|"]
         for label, a, k in (("memory accuracy", "memory", "accuracy"), ("memory similarity", "memory", "similarity"),
                             ("hallucination rate", "memory", "hallucination_rate"),
                             ("style perplexity", "perplexity", "style"),
                             ("identity consistency", "identity", "consistency"), ("assistant-speak leakage",
                                                                                    "leakage", "rate")):
-            lines.append(f"| {label} | {bm[a][k]} | {t[a][k]} |")
+            lines.append(f"| {label} | {bm[a][k]} | {t[a][k]} | {(tm_.get(a) or {}).get(k, '–')} |")
         lines += ["", "Full report: `report/report.html`.", ""]
     lines += ["## Use", "", "```", "twin verify ARTIFACT", "twin serve ARTIFACT            # OpenAI-compatible, "
               "discloses in every response", "```", "",
@@ -101,7 +114,7 @@ class Package(Stage):
     name = "package"
     version = "1"
     summary = "the twin artifact (manifest, model card, adapters, report, provenance) + .tar.gz, vLLM/Ollama files"
-    reads = ("fetch", "voiceset", "train", "evaluate")
+    reads = ("fetch", "voiceset", "memory_data", "train", "evaluate")
     spec_keys = ("id", "name", "aliases", "consent", "profile", "sources", "models", "seed", "enroll", "opt_out")
     libraries = ("twin", "torch", "transformers", "peft")
     Settings = Settings
@@ -140,6 +153,13 @@ class Package(Stage):
         _copy(train / "loss.png", art / "report" / "loss.png")
         _copy(train / "metrics.json", art / "report" / "train_metrics.json")
         _copy(fetch / "provenance.jsonl", art / "provenance.jsonl")
+        memory = None
+        index = ctx.input("memory_data") / "index"
+        if index.is_dir():
+            shutil.copytree(index, art / "memory")
+            meta = read_json(index / "index.json")
+            memory = {"path": "memory", "entries": meta["entries"], "by_kind": meta["by_kind"],
+                      "embedding": meta["embedding"], "lexical": meta["lexical"], "retrieval": meta["retrieval"]}
         voice = {"references": [], "dataset": False, "included": include_voice, "reason": s.voice_reason}
         if include_voice:
             for r in read_jsonl(vs / "references.jsonl"):
@@ -176,7 +196,9 @@ class Package(Stage):
             "adapters": adapters, "stack": tm["stack"], "serve_adapter": "combined" if "combined" in adapters
             else tm["stack"][-1],
             "voice": voice,
+            "memory": memory,
             "metrics": {"path": "report/metrics.json", "twin": metrics["twin"], "base": metrics["base"],
+                        "twin_memory": metrics.get("twin_memory"),
                         "twin_better": metrics["twin_better"], "train_eval_loss": tm["eval_loss"]},
             "provenance": {"path": "provenance.jsonl", "items": len(prov),
                            "ok": sum(1 for r in prov if r.get("status") == "ok"),

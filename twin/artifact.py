@@ -198,6 +198,13 @@ def _verify_folder(folder: Path, label: str) -> Verification:
         for f in ("adapter_config.json", "adapter_model.safetensors"):
             if f"{a['path']}/{f}" not in listed:
                 v.problems.append(f"adapter {name}: {a['path']}/{f} is missing")
+    mem = man.get("memory")
+    if mem:
+        from .memory import check
+        if not isinstance(mem, dict) or not isinstance(mem.get("path"), str) or ".." in Path(mem["path"]).parts:
+            v.problems.append("the manifest's memory entry is malformed")
+        else:
+            v.problems += check(folder / mem["path"])
     v.files = len(actual)
     return v
 
@@ -209,22 +216,41 @@ def read_manifest(folder: Path) -> dict:
 # ----------------------------------------------------------------- loading for programs
 
 class Twin:
-    """The twin for programs: ``twin.chat(messages)`` → reply, with the disclosure attached."""
+    """The twin for programs: ``twin.chat(messages)`` → reply, with the disclosure attached and the
+    memories it recalled (the artifact's memory index in front of the model)."""
 
-    def __init__(self, folder: Path, lm, manifest: dict):
+    def __init__(self, folder: Path, lm, manifest: dict, memory=None):
         self.folder = folder
         self.lm = lm
         self.manifest = manifest
         self.disclosure = manifest["disclosure"]
         self.name = manifest["persona"]["name"]
+        self.memory = memory            # twin.memory.Memory, or None
 
-    def chat(self, messages: list[dict], max_new_tokens: int = 128, temperature: float = 0.0) -> dict:
-        from .llm import GenParams
+    def prepare(self, messages: list[dict]):
+        """(conversation to generate from, twin.memory.Recalled or None)."""
         conv = list(messages)
         if not conv or conv[0]["role"] != "system":
             conv = [{"role": "system", "content": f"You are {self.name}."}] + conv
-        reply = self.lm.chat([conv], GenParams(max_new_tokens=max_new_tokens, temperature=temperature))[0]
-        return {"content": reply, "disclosure": self.disclosure, "synthetic": True}
+        if self.memory is None:
+            return conv, None
+        recalled = self.memory.prepare(conv)
+        return recalled.conversation, recalled
+
+    def finish(self, recalled, reply: str) -> str:
+        return reply if recalled is None else self.memory.finish(recalled, reply)
+
+    def chat(self, messages: list[dict], max_new_tokens: int = 128, temperature: float = 0.0) -> dict:
+        from .llm import GenParams
+        conv, recalled = self.prepare(messages)
+        if recalled is not None and recalled.abstain is not None:
+            reply = recalled.abstain
+        else:
+            reply = self.lm.chat([conv], GenParams(max_new_tokens=max_new_tokens, temperature=temperature))[0]
+        out = {"content": self.finish(recalled, reply), "disclosure": self.disclosure, "synthetic": True}
+        if recalled is not None:
+            out["memory"] = recalled.as_record()
+        return out
 
 
 def resolve_base(manifest: dict, base: Optional[str] = None, cache_dir: Optional[Path] = None) -> tuple[str, Optional[str]]:
@@ -244,11 +270,17 @@ def resolve_base(manifest: dict, base: Optional[str] = None, cache_dir: Optional
 
 
 def load(artifact: str | Path, *, base: Optional[str] = None, adapter: str = "stack", device: Optional[str] = None,
-         verify_first: bool = True) -> Twin:
+         verify_first: bool = True, memory: bool = True, retrieval: Optional[dict] = None,
+         embedder: Optional[str] = None, backend=None) -> Twin:
     """Load a twin artifact (folder or .tar.gz) with its base model: ``twin.load(path).chat(messages)``.
 
     ``adapter``: ``stack`` (style then memory, as trained), ``combined``, or one adapter's name.
+    ``memory``: recall from the artifact's memory index (``retrieval`` overrides its settings:
+    k, min_score, ...; ``embedder`` names where its embedding model is, if not where it was).
+    ``backend``: a chat model to generate with instead of loading the base model here (an
+    OpenAI-compatible server running the adapter: retrieval and disclosure stay here).
     """
+    from .memory import load_memory
     from .twinmodel import TwinLM
     folder = open_artifact(artifact)
     if verify_first:
@@ -261,6 +293,9 @@ def load(artifact: str | Path, *, base: Optional[str] = None, adapter: str = "st
     for n in names:
         if n not in man["adapters"]:
             raise UsageError(f"{artifact}: no adapter {n!r}; it has {', '.join(man['adapters'])}")
+    mem = load_memory(folder, man, embedder, retrieval) if memory else None
+    if backend is not None:
+        return Twin(folder, backend, man, mem)
     source, revision = resolve_base(man, base)
     lm = TwinLM(source, [folder / man["adapters"][n]["path"] for n in names], revision=revision, device=device)
-    return Twin(folder, lm, man)
+    return Twin(folder, lm, man, mem)

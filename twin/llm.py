@@ -7,6 +7,7 @@ once to safetensors in the cache folder, so later loads skip the slow dequantisa
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
@@ -155,6 +156,54 @@ class OpenAIHTTPLLM:
     def chat(self, conversations: list[Conversation], params: GenParams) -> list[str]:
         with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
             return list(pool.map(lambda c: self._one(c, params), conversations))
+
+
+class BackendChat:
+    """A twin's adapter served elsewhere (vLLM ``--lora-modules``, Ollama with the Modelfile, another
+    ``twin serve``), used like a local twin model: ``chat``, ``stream`` (server-sent events) and
+    ``count_tokens`` (the backend's own count when it reports usage, else an estimate)."""
+
+    def __init__(self, base_url: str, model: str, *, api_key_env: str = "TWIN_BACKEND_KEY", timeout: float = 300.0,
+                 retries: int = 2):
+        self.http = OpenAIHTTPLLM(base_url, model, api_key_env=api_key_env, concurrency=1, retries=retries,
+                                  timeout=timeout)
+        self.model_id = self.http.model_id
+
+    def chat(self, conversations: list[Conversation], params: GenParams, streamer=None) -> list[str]:
+        return self.http.chat(conversations, params)
+
+    def stream(self, conv: Conversation, params: GenParams):
+        import requests
+        h = self.http
+        headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {h.api_key}"} if h.api_key else {})}
+        body = {"model": h.model, "messages": conv, "max_tokens": params.max_new_tokens,
+                "temperature": params.temperature, "top_p": params.top_p, "seed": params.seed, "stream": True}
+        try:
+            r = requests.post(f"{h.base_url}/chat/completions", json=body, headers=headers, timeout=h.timeout,
+                              stream=True)
+        except (requests.ConnectionError, requests.Timeout) as exc:
+            raise GenerationError(f"{h.base_url}: {type(exc).__name__}: {exc}") from None
+        with r:
+            if r.status_code >= 400:
+                raise GenerationError(f"{h.base_url}: HTTP {r.status_code}: {r.text[:200]}")
+            for line in r.iter_lines(decode_unicode=True):
+                if not line or not line.startswith("data:"):
+                    continue
+                data = line[5:].strip()
+                if data == "[DONE]":
+                    break
+                try:
+                    delta = json.loads(data)["choices"][0].get("delta") or {}
+                except (ValueError, KeyError, IndexError):
+                    raise GenerationError(f"{h.base_url}: malformed stream event {data[:80]!r}") from None
+                if delta.get("content"):
+                    yield delta["content"]
+
+    @staticmethod
+    def count_tokens(text: str) -> int:
+        # an estimate (words and punctuation): the backend's tokenizer is not here
+        import re
+        return len(re.findall(r"\w+|[^\w\s]", text))
 
 
 # ----------------------------------------------------------------- the call cache

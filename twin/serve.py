@@ -5,6 +5,13 @@ events). A bearer token is required unless the server is explicitly run open on 
 address. Requests are limited in size and in generation length. Every response discloses
 that the twin is synthetic: a ``twin_disclosure`` field, an ``X-Twin-Disclosure`` header and,
 unless switched off (impossible for restricted twins), the disclosure ahead of the reply text.
+
+The twin recalls before it answers (``twin.memory``): the memories retrieved for the question
+go into the system prompt and are listed in the response (``twin_memory``); a question about the
+persona with no memory is answered with the abstention; a question longer than the memory's
+limit is refused (400). With ``--backend URL`` the model runs on another OpenAI-compatible
+server (vLLM with the adapter as a LoRA module, Ollama with the Modelfile): retrieval, the
+disclosure and the token check stay here, in front of it.
 """
 from __future__ import annotations
 
@@ -12,14 +19,13 @@ import hmac
 import ipaddress
 import json
 import logging
-import threading
 import time
 import uuid
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Optional
 
-from .errors import UsageError
+from .errors import TwinError, UsageError
 from .llm import GenParams
 
 log = logging.getLogger("twin.serve")
@@ -74,7 +80,6 @@ class _Error(Exception):
 
 def make_server(twin, cfg: ServeConfig) -> ThreadingHTTPServer:
     """A ready server (not yet serving) for ``twin`` (a ``twin.artifact.Twin``)."""
-    name = twin.name
 
     class Handler(BaseHTTPRequestHandler):
         server_version = "twin-serve"
@@ -139,11 +144,11 @@ def make_server(twin, cfg: ServeConfig) -> ThreadingHTTPServer:
                 if self.path.rstrip("/") not in ("/v1/chat/completions", "/chat/completions"):
                     raise _Error(404, f"no route {self.path}")
                 req = self._body()
-                conv, params = self._parse(req)
+                conv, params, recalled = self._parse(req)
                 if req.get("stream"):
-                    self._stream(conv, params)
+                    self._stream(conv, params, recalled)
                 else:
-                    self._complete(conv, params)
+                    self._complete(conv, params, recalled)
             except _Error as e:
                 self._error(e)
 
@@ -159,8 +164,12 @@ def make_server(twin, cfg: ServeConfig) -> ThreadingHTTPServer:
                 if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
                     raise _Error(400, f"messages[{i}] must have a role ({', '.join(sorted(ROLES))}) and text content")
                 conv.append({"role": m["role"], "content": m["content"]})
-            if conv[0]["role"] != "system":
-                conv.insert(0, {"role": "system", "content": f"You are {name}."})
+            if conv[-1]["role"] != "user":
+                raise _Error(400, "the last message must be the user's")
+            try:
+                conv, recalled = twin.prepare(conv)
+            except UsageError as exc:
+                raise _Error(400, str(exc)) from None
             mt = req.get("max_tokens") or req.get("max_completion_tokens") or cfg.default_max_tokens
             if not isinstance(mt, int) or mt < 1:
                 raise _Error(400, "max_tokens must be a positive integer")
@@ -169,34 +178,38 @@ def make_server(twin, cfg: ServeConfig) -> ThreadingHTTPServer:
                 raise _Error(400, "temperature must be between 0 and 2")
             params = GenParams(max_new_tokens=min(mt, cfg.max_tokens), temperature=temperature,
                                top_p=float(req.get("top_p") or 1.0), seed=int(req.get("seed") or 0))
-            return conv, params
+            return conv, params, recalled
 
         def _prefix(self) -> str:
             return f"[{cfg.disclosure}]\n\n" if cfg.disclosure_in_text else ""
 
-        def _complete(self, conv, params):
-            reply = twin.lm.chat([conv], params)[0]
+        def _generate(self, conv, params, recalled) -> str:
+            if recalled is not None and recalled.abstain is not None:
+                return recalled.abstain
+            try:
+                reply = twin.lm.chat([conv], params)[0]
+            except TwinError as exc:           # a backend that failed
+                raise _Error(502, f"the model backend failed: {exc}", "backend_error") from None
+            return twin.finish(recalled, reply)
+
+        def _complete(self, conv, params, recalled):
+            reply = self._generate(conv, params, recalled)
             n_out = twin.lm.count_tokens(reply)
             n_in = sum(twin.lm.count_tokens(m["content"]) for m in conv)
-            self._send_json(200, {
+            body = {
                 "id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "object": "chat.completion", "created": int(time.time()),
                 "model": cfg.model_name, "twin_disclosure": cfg.disclosure,
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": self._prefix() + reply},
                              "finish_reason": "length" if n_out >= params.max_new_tokens else "stop"}],
-                "usage": {"prompt_tokens": n_in, "completion_tokens": n_out, "total_tokens": n_in + n_out}})
+                "usage": {"prompt_tokens": n_in, "completion_tokens": n_out, "total_tokens": n_in + n_out}}
+            if recalled is not None:
+                body["twin_memory"] = recalled.as_record()
+            self._send_json(200, body)
 
-        def _stream(self, conv, params):
-            from transformers import TextIteratorStreamer
-            streamer = TextIteratorStreamer(twin.lm.tok, skip_prompt=True, skip_special_tokens=True, timeout=600)
-            failure = []
-
-            def work():
-                try:
-                    twin.lm.chat([conv], params, streamer=streamer)
-                except Exception as exc:  # noqa: BLE001 - reported to the client below
-                    failure.append(exc)
-                    streamer.end()
-            threading.Thread(target=work, daemon=True).start()
+        def _stream(self, conv, params, recalled):
+            whole = recalled is not None and (recalled.abstain is not None or recalled.reality)
+            # the abstention, and a reply that must carry the disclosure, are sent whole
+            pieces = iter([self._generate(conv, params, recalled)]) if whole else twin.lm.stream(conv, params)
             cid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
             self.send_response(200)
             self.send_header("Content-Type", "text/event-stream")
@@ -210,12 +223,15 @@ def make_server(twin, cfg: ServeConfig) -> ThreadingHTTPServer:
                          "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
                 self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
                 self.wfile.flush()
-            event({"role": "assistant", "content": self._prefix()})
-            for piece in streamer:
-                if piece:
+            first = {"role": "assistant", "content": self._prefix()}
+            if recalled is not None:
+                first["twin_memory"] = recalled.as_record()
+            event(first)
+            try:
+                for piece in pieces:
                     event({"content": piece})
-            if failure:
-                log.error("generation failed: %s", failure[0])
+            except Exception as exc:  # noqa: BLE001 - the stream has started: end it, log why
+                log.error("generation failed: %s", exc)
             event({}, "stop")
             self.wfile.write(b"data: [DONE]\n\n")
             self.wfile.flush()

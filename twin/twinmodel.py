@@ -42,6 +42,25 @@ class TwinLM:
         with self.lock:
             return generate_chat(self.model, self.tok, conversations, params, self.batch_size, streamer=streamer)
 
+    def stream(self, conv: Conversation, params: GenParams = GenParams()):
+        """The reply to one conversation, piece by piece as it is generated."""
+        from transformers import TextIteratorStreamer
+        streamer = TextIteratorStreamer(self.tok, skip_prompt=True, skip_special_tokens=True, timeout=600)
+        failure: list[BaseException] = []
+
+        def work():
+            try:
+                self.chat([conv], params, streamer=streamer)
+            except Exception as exc:  # noqa: BLE001 - raised in the reading thread below
+                failure.append(exc)
+                streamer.end()
+        threading.Thread(target=work, daemon=True).start()
+        for piece in streamer:
+            if piece:
+                yield piece
+        if failure:
+            raise failure[0]
+
     @contextlib.contextmanager
     def base_only(self):
         """The base model, adapters switched off (for side-by-side evaluation)."""
