@@ -313,7 +313,8 @@ def voice_cmd(ctx, audio, enroll, profile, consent, out, min_dnsmos, min_snr, ta
 @click.option("--llm", help="an http(s) URL of an OpenAI-compatible server, a hub id or a local model")
 @click.option("--server-model", default="default", show_default=True, help="model name to ask a server for")
 @click.option("--answers", type=click.Choice(["auto", "llm", "rule"]), default="auto", show_default=True,
-              help="who writes the first-person answers (auto: the LLM, checked, with the rule rewrite as fallback)")
+              help="who writes the first-person answers (auto: the checked rule rewrite with the embedded profile's "
+                   "own small model, else the LLM, checked, with the rule rewrite as fallback)")
 @click.option("--consent", type=click.Choice(["self", "written-permission", "public-figure-research", "historical"]),
               default="self", show_default=True)
 @click.option("--out", required=True, type=click.Path(file_okay=False))

@@ -56,7 +56,9 @@ class Settings(Strict):
     batch_size: int = Field(8, ge=1, le=128, description="LLM batch size")
     disclose_synthetic: bool = Field(True, description="identity answers say the twin is synthetic")
     eval_per_fact: int = Field(1, ge=0, le=3, description="paraphrased questions per fact held out for evaluation")
-    unanswerable_per_section: int = Field(1, ge=0, le=5, description="questions the text does not answer, per section")
+    unanswerable_per_section: int = Field(2, ge=0, le=5, description="questions the text does not answer, per section "
+                                                                     "(half trained, with the nearest memories as "
+                                                                     "distractors; half held out)")
     server_model: str = Field("default", description="model name to ask for when models.llm is an http(s) URL of "
                                                      "an OpenAI-compatible server")
     retrieval: RetrievalSettings = Field(default_factory=RetrievalSettings,
@@ -384,7 +386,7 @@ class MemoryData(Stage):
             evals += held
             train += [x for x in xs if x not in held]
         # 6. the memory index, and the training samples with what retrieval finds for them
-        index = self._index(ctx, facts, names, who, emb)
+        index = self._index(ctx, facts, names, f"{who}{disclosure}", emb)
         with_context = _recall_for_training(train, index, s.retrieval, spec.name)
         atomic_write_jsonl(ctx.out / "train.jsonl", train)
         atomic_write_jsonl(ctx.out / "eval.jsonl", evals)

@@ -60,3 +60,8 @@ def test_demo_twin_beats_its_base_model_on_held_out_data(demo_build):
     ev = read_json(ws / "evaluate" / "metrics.json")
     assert ev["twin"]["perplexity"]["memory"] < ev["base"]["perplexity"]["memory"]
     assert ev["twin"]["memory"]["similarity"] > ev["base"]["memory"]["similarity"]
+    # with its memory index in front the twin knows her facts and abstains on what it was never told
+    tm = ev["twin_memory"]["memory"]
+    assert tm["accuracy"] >= 0.5 and tm["accuracy"] > ev["twin"]["memory"]["accuracy"], ev["twin_memory"]
+    assert tm["hallucination_rate"] < ev["twin"]["memory"]["hallucination_rate"]
+    assert ev["memory_gain"]["accuracy"] > 0

@@ -155,19 +155,18 @@ def test_killed_training_resumes_to_the_same_weights(tiny_model, tmp_path):
 
 
 @pytest.mark.slow
-def test_train_stage_on_the_tiny_model(spec_dir, tiny_model):
-    """The stage end to end: fetch → style_data + memory_data → train, with the tiny base model."""
+def test_train_stage_on_the_tiny_model(tiny_twin, tiny_model, tmp_path):
+    """The stage end to end (fetch → style_data + memory_data → train, tiny base model): the session's tiny
+    twin, then the same workspace trained again with two processes."""
+    import shutil
+
     from twin.runner import Runner
     from twin.spec import load_spec
-    spec = spec_dir / "t.yaml"
-    spec.write_text("id: train-test\nname: Tamsin Vell\naliases: [Vell, Tamsin]\nconsent: {basis: self, evidence: t}\n"
-                    "workspace: ws\nsources: {posts: [demo/posts.jsonl], facts: [demo/bio.md]}\n"
-                    f"models: {{base_model: {tiny_model}}}\n"
-                    "stages:\n  memory_data: {answer_method: rule}\n"
-                    "  train: {rank: 8, alpha: 16, epochs: 2, learning_rate: 0.003, max_length: 256, batch_size: 4}\n")
-    result = Runner(load_spec(spec)).build(until="train")
-    assert result.ok
-    out = spec_dir / "ws" / "train"
+    d, _ = tiny_twin
+    work = tmp_path / "t"
+    shutil.copytree(d, work, ignore=shutil.ignore_patterns("package"))
+    spec = work / "spec.yaml"
+    out = work / "ws" / "train"
     for name in ("style", "memory", "combined"):
         assert (out / "adapters" / name / "adapter_model.safetensors").is_file()
         cfg = read_json(out / "adapters" / name / "adapter_config.json")
@@ -184,10 +183,11 @@ def test_train_stage_on_the_tiny_model(spec_dir, tiny_model):
     # unchanged: skipped; settings changed: retrained
     again = Runner(load_spec(spec)).build(until="train")
     assert "train" in again.skipped
-    assert read_jsonl(spec_dir / "ws" / "style_data" / "train.jsonl")
+    assert read_jsonl(work / "ws" / "style_data" / "train.jsonl")
     # two training processes (accelerate launch; CPU processes over gloo): each optimizer step takes one
     # batch from each process, so an epoch has half the steps; only rank 0 writes, the stage loads it
     spec.write_text(spec.read_text().replace("batch_size: 4}", "batch_size: 4, processes: 2}"))
+    assert "processes: 2" in spec.read_text()
     result = Runner(load_spec(spec)).build(until="train")
     assert result.ok, result.failed
     m2 = read_json(out / "metrics.json")
