@@ -19,6 +19,7 @@ import datetime as dt
 import hashlib
 import io
 import json
+import logging
 import re
 from pathlib import Path
 from typing import Optional
@@ -33,6 +34,7 @@ from twin.registry import register
 from twin.spec import Strict, is_local_url
 from twin.stage import Stage
 
+log = logging.getLogger("twin.fetch")
 # yt-dlp extractors whose ids are not a site's stable video ids
 POSITIONAL_EXTRACTORS = (None, "generic", "html5")
 # why an input fails a locked fetch (the stage fails on these, not on ordinary download failures)
@@ -490,18 +492,28 @@ def fetch_posts(item: dict, params: dict) -> dict:
     fmt = _detect_post_format(src, text, loc)
     limit = src.get("max_items") or 10 ** 9
     dropped = 0
+    bad_lines: list[dict] = []
     try:
         if fmt == "tweets-js":
             posts, dropped = parse_tweets_js(text)
         elif fmt == "jsonl":
+            # a malformed line is skipped and reported with its number; the good lines are kept
             rows = []
             for n, line in enumerate(text.splitlines(), 1):
                 if line.strip():
                     try:
-                        rows.append(json.loads(line))
+                        row = json.loads(line)
                     except json.JSONDecodeError as exc:
-                        raise ValueError(f"line {n}: not JSON ({exc.msg})") from None
+                        bad_lines.append({"line": n, "reason": f"not JSON ({exc.msg})"})
+                        continue
+                    if not isinstance(row, dict):
+                        bad_lines.append({"line": n, "reason": f"a JSON {type(row).__name__}, not an object"})
+                        continue
+                    rows.append(row)
+            if bad_lines and not rows:
+                raise ValueError(f"no line is a JSON object (line {bad_lines[0]['line']}: {bad_lines[0]['reason']})")
             posts, dropped = parse_table(rows, src, loc)
+            dropped += len(bad_lines)
         elif fmt == "csv":
             posts, dropped = parse_table(list(csv.DictReader(io.StringIO(text))), src, loc)
         elif fmt == "feed":
@@ -527,6 +539,9 @@ def fetch_posts(item: dict, params: dict) -> dict:
     rec = _record(item, url=final_url, canonical_url=canonical_url(final_url) if final_url else None,
                   retrieved_at=retrieved, sha256=digest, size=len(text.encode("utf-8")), format=fmt,
                   items=len(kept), dropped=dropped, local=final_url is None)
+    if bad_lines:
+        rec["bad_lines"] = bad_lines[:100]
+        rec["bad_line_count"] = len(bad_lines)
     if not kept:
         rec.update(status="failed", reason="no posts found")
     return {"records": [rec], "posts": kept}
@@ -810,6 +825,11 @@ class Fetch(Stage):
             params["locked"] = self.locked_inputs(spec)
         counts, failures = collect(ctx.map, items, params, ctx.out)
         ctx.failures[:] = failures  # every failure once, as recorded in provenance.jsonl
+        for rec in read_jsonl(ctx.out / "provenance.jsonl"):
+            if rec.get("bad_lines"):
+                first = rec["bad_lines"][0]
+                log.warning("%s: skipped %d malformed line(s) (line %d: %s); kept %d posts", rec.get("location"),
+                            rec["bad_line_count"], first["line"], first["reason"], rec.get("items", 0))
         usable = counts["videos"] + counts["posts"] + counts["facts_documents"]
         if items and usable == 0:
             raise StageError(self.name, f"nothing usable was fetched ({counts['failed']} failed); "

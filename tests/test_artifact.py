@@ -255,3 +255,103 @@ def test_serve_refuses_to_run_open_off_loopback_or_without_token(built, tiny_mod
     out = subprocess.run([TWIN, "serve", art, "--open", "--host", "0.0.0.0"], capture_output=True, text=True,
                          timeout=120)
     assert out.returncode == 2 and "loopback" in out.stderr
+
+
+@pytest.fixture(scope="module")
+def inproc(built, tiny_model):
+    """`twin serve`'s server in this process (so a test can hold the model busy), max 1 pending request."""
+    import threading
+
+    import twin
+    from twin.serve import ServeConfig, check_config, make_server
+    t = twin.load(built[0] / "ws" / "package" / "artifact", base=tiny_model, device="cpu")
+    cfg = check_config(ServeConfig(port=0, open_access=True, max_pending=1, max_tokens=400), t.manifest)
+    httpd = make_server(t, cfg)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield t, httpd.server_address[1]
+    httpd.shutdown()
+
+
+def _post(port, body: bytes, headers=None):
+    import http.client
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    conn.request("POST", "/v1/chat/completions", body=body,
+                 headers={"Content-Type": "application/json", **(headers or {})})
+    r = conn.getresponse()
+    return r.status, dict(r.getheaders()), r.read()
+
+
+def test_malformed_requests_get_a_json_error_not_a_dropped_connection(inproc):
+    import json as j
+    _, port = inproc
+    msgs = [{"role": "user", "content": "hi"}]
+    for body, status, words in (
+            (j.dumps({"messages": msgs, "temperature": "hot"}), 400, "temperature must be a number"),
+            (j.dumps([1, 2]), 400, "must be a JSON object, not a list"),
+            (j.dumps({"messages": msgs, "max_tokens": True}), 400, "max_tokens"),
+            (j.dumps({"messages": msgs, "seed": "x"}), 400, "seed"),
+            (j.dumps({"messages": msgs, "stream": "yes"}), 400, "stream"),
+            (j.dumps({"messages": [{"role": "user", "content": 5}]}), 400, "messages[0]"),
+            (b"\xff\xfe not json", 400, "not valid JSON")):
+        got, _, data = _post(port, body if isinstance(body, bytes) else body.encode())
+        assert got == status and words in j.loads(data)["error"]["message"], data
+    got, _, data = _post(port, b"{}", {"Content-Length": "-1"})
+    assert got == 400 and b"Content-Length" in data
+
+
+def test_a_full_queue_is_answered_429_with_retry_after(inproc):
+    """max_pending 1: while one request waits for the model (held here), the next is turned away."""
+    import json as j
+    import threading
+    import time
+    t, port = inproc
+    body = j.dumps({"messages": [{"role": "user", "content": "Steady?"}], "max_tokens": 4}).encode()
+    results = []
+    with t.lm.lock:                                             # the model is busy
+        first = threading.Thread(target=lambda: results.append(_post(port, body)))
+        first.start()
+        deadline = time.time() + 30
+        while time.time() < deadline:                           # until the first request holds the only slot
+            status, headers, data = _post(port, body)
+            if status == 429:
+                break
+            time.sleep(0.05)
+        assert status == 429 and headers.get("Retry-After") == "5", (status, data)
+    first.join(timeout=60)
+    assert results and results[0][0] == 200                     # the admitted one is answered
+    assert _post(port, body)[0] == 200                          # and the slot is free again
+
+
+def test_a_client_gone_mid_stream_stops_its_generation(inproc):
+    import json as j
+    import socket
+    t, port = inproc
+    body = j.dumps({"messages": [{"role": "user", "content": "Tell me a long story."}], "max_tokens": 400,
+                    "stream": True}).encode()
+    s = socket.create_connection(("127.0.0.1", port))
+    s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+              + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+    assert b"data:" in s.recv(4096)                             # the stream has started
+    s.close()
+    # the generation stops (tests/test_artifact.py::test_a_set_stop_event_ends_generation_at_once shows the
+    # mechanism): the model is free again and the server answers the next request
+    assert t.lm.lock.acquire(timeout=30)
+    t.lm.lock.release()
+    status, _, _ = _post(port, j.dumps({"messages": [{"role": "user", "content": "Steady?"}],
+                                        "max_tokens": 4}).encode())
+    assert status == 200
+
+
+def test_a_set_stop_event_ends_generation_at_once(built, tiny_model):
+    import threading
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from twin.llm import GenParams, generate_chat
+    model, tok = AutoModelForCausalLM.from_pretrained(tiny_model), AutoTokenizer.from_pretrained(tiny_model)
+    conv = [{"role": "user", "content": "Tell me a long story."}]
+    stop = threading.Event()
+    stop.set()
+    short = generate_chat(model, tok, [conv], GenParams(max_new_tokens=60), stop=stop)[0]
+    full = generate_chat(model, tok, [conv], GenParams(max_new_tokens=60))[0]
+    assert len(tok(short)["input_ids"]) <= 1 < len(tok(full)["input_ids"])

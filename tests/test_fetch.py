@@ -333,3 +333,23 @@ def test_locked_build_fetches_exactly_the_locked_inputs(spec_dir, server):
     assert out.returncode == 1
     assert "differ from the lock" in out.stderr and "content changed since the lock" in out.stderr, out.stderr
     assert "sources.videos[0]" in out.stderr
+
+
+def test_a_malformed_jsonl_line_is_skipped_and_named_not_the_whole_file(tmp_path):
+    lines = [json.dumps({"id": f"p{i}", "text": f"Post number {i} about the tides and the kelp."}) for i in range(6)]
+    lines[2] = '{"id": "p2", "text": "cut off'                       # not JSON
+    lines[4] = '["a", "list"]'                                        # JSON, not an object
+    (tmp_path / "posts.jsonl").write_text("\n".join(lines) + "\n")
+    (tmp_path / "s.yaml").write_text("id: jl\nname: J L\nconsent: {basis: self, evidence: t}\nworkspace: ws\n"
+                                     "sources: {posts: [posts.jsonl]}\n")
+    out = run_twin("build", tmp_path / "s.yaml", "--until", "fetch")
+    assert out.returncode == 0, out.stderr
+    assert "posts.jsonl: skipped 2 malformed line(s) (line 3: not JSON" in out.stderr and "kept 4 posts" in out.stderr
+    assert [p["id"] for p in read_jsonl(tmp_path / "ws" / "fetch" / "posts.jsonl")] == ["p0", "p1", "p3", "p5"]
+    rec = [r for r in read_jsonl(tmp_path / "ws" / "fetch" / "provenance.jsonl") if r["kind"] == "posts"][0]
+    assert rec["status"] == "ok" and [b["line"] for b in rec["bad_lines"]] == [3, 5]
+    # nothing but bad lines: nothing usable, the stage fails, and what the last build fetched stays
+    (tmp_path / "posts.jsonl").write_text("not json\n[1]\n")
+    out = run_twin("build", tmp_path / "s.yaml", "--until", "fetch")
+    assert out.returncode == 1 and "nothing usable" in out.stderr
+    assert len(read_jsonl(tmp_path / "ws" / "fetch" / "posts.jsonl")) == 4

@@ -79,8 +79,9 @@ class TransformersLLM:
 
 
 def generate_chat(model, tok, conversations: list[Conversation], params: GenParams, batch_size: int = 8,
-                  streamer=None) -> list[str]:
-    """Batched, left-padded generation under the tokenizer's chat template; one reply per conversation."""
+                  streamer=None, stop: Optional[threading.Event] = None) -> list[str]:
+    """Batched, left-padded generation under the tokenizer's chat template; one reply per conversation.
+    ``stop``: an event that, once set, ends the generation at the next token."""
     import torch
     dev = next(model.parameters()).device
     if tok.pad_token is None:
@@ -96,6 +97,13 @@ def generate_chat(model, tok, conversations: list[Conversation], params: GenPara
             kwargs = {"max_new_tokens": params.max_new_tokens, "pad_token_id": tok.pad_token_id}
             if streamer is not None:
                 kwargs["streamer"] = streamer
+            if stop is not None:
+                from transformers import StoppingCriteria, StoppingCriteriaList
+
+                class _Stop(StoppingCriteria):
+                    def __call__(self, input_ids, scores, **kw):
+                        return stop.is_set()
+                kwargs["stopping_criteria"] = StoppingCriteriaList([_Stop()])
             if params.temperature > 0:
                 torch.manual_seed(params.seed)
                 kwargs.update(do_sample=True, temperature=params.temperature, top_p=params.top_p)
@@ -172,7 +180,7 @@ class BackendChat:
     def chat(self, conversations: list[Conversation], params: GenParams, streamer=None) -> list[str]:
         return self.http.chat(conversations, params)
 
-    def stream(self, conv: Conversation, params: GenParams):
+    def stream(self, conv: Conversation, params: GenParams, stop=None):
         import requests
         h = self.http
         headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {h.api_key}"} if h.api_key else {})}

@@ -19,6 +19,7 @@ import hmac
 import ipaddress
 import json
 import logging
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -44,6 +45,7 @@ class ServeConfig:
     disclosure: Optional[str] = None
     disclosure_in_text: bool = True
     model_name: Optional[str] = None
+    max_pending: int = 8          # requests generating or waiting; more are answered 429 with Retry-After
 
 
 def is_loopback(host: str) -> bool:
@@ -78,8 +80,18 @@ class _Error(Exception):
         self.status, self.message, self.kind = status, message, kind
 
 
+def _number(req: dict, key: str, default: float, low: float, high: float) -> float:
+    v = req.get(key)
+    if v is None:
+        return default
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not low <= v <= high:
+        raise _Error(400, f"{key} must be a number from {low} to {high}")
+    return float(v)
+
+
 def make_server(twin, cfg: ServeConfig) -> ThreadingHTTPServer:
     """A ready server (not yet serving) for ``twin`` (a ``twin.artifact.Twin``)."""
+    pending = threading.BoundedSemaphore(max(1, cfg.max_pending))
 
     class Handler(BaseHTTPRequestHandler):
         server_version = "twin-serve"
@@ -94,10 +106,14 @@ def make_server(twin, cfg: ServeConfig) -> ThreadingHTTPServer:
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
             self.send_header("X-Twin-Disclosure", cfg.disclosure.encode("ascii", "replace").decode())
+            if getattr(self, "_retry_after", None):
+                self.send_header("Retry-After", str(self._retry_after))
             self.end_headers()
             self.wfile.write(data)
 
         def _error(self, e: _Error) -> None:
+            if e.status == 429:
+                self._retry_after = 5
             self._send_json(e.status, {"error": {"message": e.message, "type": e.kind, "code": e.status},
                                        "twin_disclosure": cfg.disclosure})
 
@@ -116,12 +132,17 @@ def make_server(twin, cfg: ServeConfig) -> ThreadingHTTPServer:
                 n = int(length)
             except ValueError:
                 raise _Error(400, "bad Content-Length") from None
+            if n < 0:
+                raise _Error(400, f"bad Content-Length {n}")
             if n > cfg.max_request_bytes:
                 raise _Error(413, f"request of {n} bytes is over the server's limit of {cfg.max_request_bytes}")
             try:
-                return json.loads(self.rfile.read(n) or b"{}")
-            except ValueError:
+                body = json.loads(self.rfile.read(n) or b"{}")
+            except (ValueError, UnicodeDecodeError):
                 raise _Error(400, "the request body is not valid JSON") from None
+            if not isinstance(body, dict):
+                raise _Error(400, f"the request body must be a JSON object, not a {type(body).__name__}")
+            return body
 
         # ------------------------------------------------ routes
         def do_GET(self):
@@ -139,18 +160,31 @@ def make_server(twin, cfg: ServeConfig) -> ThreadingHTTPServer:
                 self._error(e)
 
         def do_POST(self):
+            admitted = False
             try:
                 self._auth()
                 if self.path.rstrip("/") not in ("/v1/chat/completions", "/chat/completions"):
                     raise _Error(404, f"no route {self.path}")
                 req = self._body()
                 conv, params, recalled = self._parse(req)
+                admitted = pending.acquire(blocking=False)
+                if not admitted:
+                    raise _Error(429, f"the server is busy ({cfg.max_pending} requests are generating or "
+                                      "waiting); retry later", "rate_limit_error")
                 if req.get("stream"):
                     self._stream(conv, params, recalled)
                 else:
                     self._complete(conv, params, recalled)
             except _Error as e:
                 self._error(e)
+            except (BrokenPipeError, ConnectionResetError):
+                log.info("%s went away", self.address_string())
+            except Exception as exc:  # noqa: BLE001 - the client gets an answer, the log the details
+                log.exception("request failed")
+                self._error(_Error(500, f"internal error ({type(exc).__name__})", "server_error"))
+            finally:
+                if admitted:
+                    pending.release()
 
         def _parse(self, req: dict):
             if req.get("model") not in (None, cfg.model_name):
@@ -171,13 +205,17 @@ def make_server(twin, cfg: ServeConfig) -> ThreadingHTTPServer:
             except UsageError as exc:
                 raise _Error(400, str(exc)) from None
             mt = req.get("max_tokens") or req.get("max_completion_tokens") or cfg.default_max_tokens
-            if not isinstance(mt, int) or mt < 1:
+            if not isinstance(mt, int) or isinstance(mt, bool) or mt < 1:
                 raise _Error(400, "max_tokens must be a positive integer")
-            temperature = float(req.get("temperature") or 0.0)
-            if not 0 <= temperature <= 2:
-                raise _Error(400, "temperature must be between 0 and 2")
-            params = GenParams(max_new_tokens=min(mt, cfg.max_tokens), temperature=temperature,
-                               top_p=float(req.get("top_p") or 1.0), seed=int(req.get("seed") or 0))
+            temperature = _number(req, "temperature", 0.0, 0, 2)
+            top_p = _number(req, "top_p", 1.0, 0, 1)
+            seed = req.get("seed") or 0
+            if not isinstance(seed, int) or isinstance(seed, bool):
+                raise _Error(400, "seed must be an integer")
+            if not isinstance(req.get("stream", False), bool):
+                raise _Error(400, "stream must be true or false")
+            params = GenParams(max_new_tokens=min(mt, cfg.max_tokens), temperature=temperature, top_p=top_p,
+                               seed=seed)
             return conv, params, recalled
 
         def _prefix(self) -> str:
@@ -209,7 +247,9 @@ def make_server(twin, cfg: ServeConfig) -> ThreadingHTTPServer:
         def _stream(self, conv, params, recalled):
             whole = recalled is not None and (recalled.abstain is not None or recalled.reality)
             # the abstention, and a reply that must carry the disclosure, are sent whole
-            pieces = iter([self._generate(conv, params, recalled)]) if whole else twin.lm.stream(conv, params)
+            stop = threading.Event()
+            pieces = iter([self._generate(conv, params, recalled)]) if whole else \
+                twin.lm.stream(conv, params, stop=stop)
             cid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
             self.send_response(200)
             self.send_header("Content-Type", "text/event-stream")
@@ -230,6 +270,12 @@ def make_server(twin, cfg: ServeConfig) -> ThreadingHTTPServer:
             try:
                 for piece in pieces:
                     event({"content": piece})
+            except (BrokenPipeError, ConnectionResetError):
+                stop.set()                 # the client is gone: stop generating for it
+                close = getattr(pieces, "close", None)
+                if close:
+                    close()
+                raise
             except Exception as exc:  # noqa: BLE001 - the stream has started: end it, log why
                 log.error("generation failed: %s", exc)
             event({}, "stop")

@@ -42,15 +42,18 @@ class TwinLM:
         with self.lock:
             return generate_chat(self.model, self.tok, conversations, params, self.batch_size, streamer=streamer)
 
-    def stream(self, conv: Conversation, params: GenParams = GenParams()):
-        """The reply to one conversation, piece by piece as it is generated."""
+    def stream(self, conv: Conversation, params: GenParams = GenParams(), stop: Optional[threading.Event] = None):
+        """The reply to one conversation, piece by piece as it is generated; setting ``stop`` ends the
+        generation at the next token (a client that went away)."""
         from transformers import TextIteratorStreamer
         streamer = TextIteratorStreamer(self.tok, skip_prompt=True, skip_special_tokens=True, timeout=600)
         failure: list[BaseException] = []
 
         def work():
             try:
-                self.chat([conv], params, streamer=streamer)
+                with self.lock:
+                    generate_chat(self.model, self.tok, [conv], params, self.batch_size, streamer=streamer,
+                                  stop=stop)
             except Exception as exc:  # noqa: BLE001 - raised in the reading thread below
                 failure.append(exc)
                 streamer.end()
