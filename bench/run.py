@@ -22,6 +22,8 @@ BENCHES = {
     "voice": ("Voice pipeline: real-time factor, DER, persona purity, kept speech, WER", ["voice.py", "--sweep"]),
     "real_voices": ("Real voices (LibriSpeech): SNR estimator, quality floors, conversations, threshold sweep",
                     ["real_voices.py", "--all"]),
+    "memory": ("Memory: the second persona's twin with and without its memory index, and the base model",
+               ["memory.py"]),
     "generation": ("LLM generation: batched against one by one", ["generation.py"]),
     "training": ("LoRA training: packed rows against padded batches", ["training.py"]),
     "serve": ("Serving: adapter loading and requests under load (needs `make demo` first)", ["serve.py"]),
