@@ -158,9 +158,14 @@ class MemoryIndex:
         ids = [e["id"] for e in entries]
         if len(set(ids)) != len(ids):
             raise MemoryIndexError("memory entries must have distinct ids")
+        from bm25s.tokenization import Tokenized
         vectors = embedder.encode([e["text"] for e in entries])
+        docs = _tokens([e["text"] for e in entries])
+        # the vocabulary in sorted order: bm25s numbers words in set order, which differs between
+        # processes, and the index files must be the same bytes on every rebuild
+        vocab = {w: i for i, w in enumerate(sorted({w for d in docs for w in d}))}
         lexical = bm25s.BM25()
-        lexical.index(_tokens([e["text"] for e in entries]), show_progress=False)
+        lexical.index(Tokenized(ids=[[vocab[w] for w in d] for d in docs], vocab=vocab), show_progress=False)
         return cls(entries, vectors, lexical, embedding, embedder)
 
     def save(self, folder: Path) -> Path:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import ipaddress
+import json
 import re
 from pathlib import Path
 from typing import Any, Literal, Optional
@@ -400,11 +401,15 @@ def _describe(model: type[BaseModel], indent: int, lines: list[str]) -> None:
         help_text = field.description or ""
         sub = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
         if sub is not None:
-            lines.append(f"{pad}{name}:" + (f"    # {help_text}" if help_text else ""))
+            # commented like its fields: an uncommented key with every field commented out is a null
+            lines.append(f"{pad}# {name}:" + (f"    # {help_text}" if help_text else ""))
             _describe(sub, indent + 1, lines)
             continue
         default = field.get_default(call_default_factory=True) if not field.is_required() else None
-        shown = yaml.safe_dump(default, default_flow_style=True).strip().removesuffix("...").strip()
+        if isinstance(default, str) and "\n" in default:
+            shown = json.dumps(default, ensure_ascii=False)      # one line: a YAML double-quoted string
+        else:
+            shown = yaml.safe_dump(default, default_flow_style=True).strip().removesuffix("...").strip()
         lines.append(f"{pad}# {name}: {shown}" + (f"    # {help_text}" if help_text else ""))
 
 
