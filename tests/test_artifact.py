@@ -268,7 +268,7 @@ def inproc(built, tiny_model):
     cfg = check_config(ServeConfig(port=0, open_access=True, max_pending=1, max_tokens=400), t.manifest)
     httpd = make_server(t, cfg)
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    yield t, httpd.server_address[1]
+    yield t, httpd.server_address[1], httpd
     httpd.shutdown()
 
 
@@ -283,7 +283,7 @@ def _post(port, body: bytes, headers=None):
 
 def test_malformed_requests_get_a_json_error_not_a_dropped_connection(inproc):
     import json as j
-    _, port = inproc
+    _, port, _ = inproc
     msgs = [{"role": "user", "content": "hi"}]
     for body, status, words in (
             (j.dumps({"messages": msgs, "temperature": "hot"}), 400, "temperature must be a number"),
@@ -304,18 +304,16 @@ def test_a_full_queue_is_answered_429_with_retry_after(inproc):
     import json as j
     import threading
     import time
-    t, port = inproc
+    t, port, httpd = inproc
     body = j.dumps({"messages": [{"role": "user", "content": "Steady?"}], "max_tokens": 4}).encode()
     results = []
     with t.lm.lock:                                             # the model is busy
         first = threading.Thread(target=lambda: results.append(_post(port, body)))
         first.start()
         deadline = time.time() + 30
-        while time.time() < deadline:                           # until the first request holds the only slot
-            status, headers, data = _post(port, body)
-            if status == 429:
-                break
-            time.sleep(0.05)
+        while httpd.pending_requests() < 1 and time.time() < deadline:   # the first request holds the only slot
+            time.sleep(0.02)
+        status, headers, data = _post(port, body)
         assert status == 429 and headers.get("Retry-After") == "5", (status, data)
     first.join(timeout=60)
     assert results and results[0][0] == 200                     # the admitted one is answered
@@ -325,18 +323,27 @@ def test_a_full_queue_is_answered_429_with_retry_after(inproc):
 def test_a_client_gone_mid_stream_stops_its_generation(inproc):
     import json as j
     import socket
-    t, port = inproc
+    import time
+    t, port, httpd = inproc
     body = j.dumps({"messages": [{"role": "user", "content": "Tell me a long story."}], "max_tokens": 400,
                     "stream": True}).encode()
     s = socket.create_connection(("127.0.0.1", port))
     s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
               + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
-    assert b"data:" in s.recv(4096)                             # the stream has started
+    got = b""
+    while b"data:" not in got:                                  # the stream has started
+        chunk = s.recv(4096)
+        assert chunk, got
+        got += chunk
     s.close()
     # the generation stops (tests/test_artifact.py::test_a_set_stop_event_ends_generation_at_once shows the
     # mechanism): the model is free again and the server answers the next request
     assert t.lm.lock.acquire(timeout=30)
     t.lm.lock.release()
+    deadline = time.time() + 30
+    while httpd.pending_requests() and time.time() < deadline:   # its slot is given back
+        time.sleep(0.02)
+    assert httpd.pending_requests() == 0
     status, _, _ = _post(port, j.dumps({"messages": [{"role": "user", "content": "Steady?"}],
                                         "max_tokens": 4}).encode())
     assert status == 200

@@ -259,7 +259,7 @@ def resolve_base(manifest: dict, base: Optional[str] = None, cache_dir: Optional
     b = manifest["base_model"]
     cache_dir = Path(cache_dir or Path.home() / ".cache" / "twin" / "models")
     if base:
-        return materialize_base(base, cache_dir)
+        return materialize_base(str(base), cache_dir)
     if b["kind"] == "hub":
         return b["id"], b.get("revision")
     if b["kind"] == "package":
@@ -269,7 +269,7 @@ def resolve_base(manifest: dict, base: Optional[str] = None, cache_dir: Optional
     raise UsageError(f"the twin was trained on a local base model ({b['id']}); name it with --base PATH")
 
 
-def load(artifact: str | Path, *, base: Optional[str] = None, adapter: str = "stack", device: Optional[str] = None,
+def load(artifact: str | Path, *, base: Optional[str | Path] = None, adapter: str = "stack", device: Optional[str] = None,
          verify_first: bool = True, memory: bool = True, retrieval: Optional[dict] = None,
          embedder: Optional[str] = None, backend=None) -> Twin:
     """Load a twin artifact (folder or .tar.gz) with its base model: ``twin.load(path).chat(messages)``.

@@ -92,6 +92,20 @@ def _number(req: dict, key: str, default: float, low: float, high: float) -> flo
 def make_server(twin, cfg: ServeConfig) -> ThreadingHTTPServer:
     """A ready server (not yet serving) for ``twin`` (a ``twin.artifact.Twin``)."""
     pending = threading.BoundedSemaphore(max(1, cfg.max_pending))
+    admitted_now = [0]                 # requests holding a slot (ThreadingHTTPServer.pending_requests())
+    count_lock = threading.Lock()
+
+    def admit() -> bool:
+        if not pending.acquire(blocking=False):
+            return False
+        with count_lock:
+            admitted_now[0] += 1
+        return True
+
+    def leave() -> None:
+        with count_lock:
+            admitted_now[0] -= 1
+        pending.release()
 
     class Handler(BaseHTTPRequestHandler):
         server_version = "twin-serve"
@@ -167,7 +181,7 @@ def make_server(twin, cfg: ServeConfig) -> ThreadingHTTPServer:
                     raise _Error(404, f"no route {self.path}")
                 req = self._body()
                 conv, params, recalled = self._parse(req)
-                admitted = pending.acquire(blocking=False)
+                admitted = admit()
                 if not admitted:
                     raise _Error(429, f"the server is busy ({cfg.max_pending} requests are generating or "
                                       "waiting); retry later", "rate_limit_error")
@@ -184,7 +198,7 @@ def make_server(twin, cfg: ServeConfig) -> ThreadingHTTPServer:
                 self._error(_Error(500, f"internal error ({type(exc).__name__})", "server_error"))
             finally:
                 if admitted:
-                    pending.release()
+                    leave()
 
         def _parse(self, req: dict):
             if req.get("model") not in (None, cfg.model_name):
@@ -283,4 +297,6 @@ def make_server(twin, cfg: ServeConfig) -> ThreadingHTTPServer:
             self.wfile.flush()
             self.close_connection = True
 
-    return ThreadingHTTPServer((cfg.host, cfg.port), Handler)
+    httpd = ThreadingHTTPServer((cfg.host, cfg.port), Handler)
+    httpd.pending_requests = lambda: admitted_now[0]
+    return httpd
