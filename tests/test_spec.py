@@ -41,6 +41,17 @@ BAD = [
     ("id: ok-id\nname: X\nconsent: {basis: self, evidence: e}\nsources: [1, 2]\n", "sources", 4, "valid"),
     ("id: ok-id\nname: X\nconsent: {basis: self, evidence_file: demo/none.txt}\n", "consent.evidence_file", 3,
      "file not found"),
+    # numbers are numbers: YAML's true is not 1, NaN and infinity are not thresholds, ranges hold
+    ("id: ok-id\nname: X\nconsent: {basis: self, evidence: e}\nstages:\n  train: {epochs: true}\n",
+     "stages.train.epochs", 5, "expected a number, got true"),
+    ("id: ok-id\nname: X\nconsent: {basis: self, evidence: e}\nstages:\n  qualify: {min_snr_db: .nan}\n",
+     "stages.qualify.min_snr_db", 5, "finite number"),
+    ("id: ok-id\nname: X\nconsent: {basis: self, evidence: e}\nstages:\n  qualify: {min_snr_db: .inf}\n",
+     "stages.qualify.min_snr_db", 5, "finite number"),
+    ("id: ok-id\nname: X\nconsent: {basis: self, evidence: e}\nstages:\n  qualify: {min_snr_db: -500}\n",
+     "stages.qualify.min_snr_db", 5, "greater than or equal to -20"),
+    ("id: ok-id\nname: X\nconsent: {basis: self, evidence: e}\nstages:\n  memory_data: {retrieval: {k: 0}}\n",
+     "stages.memory_data.retrieval.k", 5, "greater than or equal to 1"),
 ]
 
 
