@@ -36,6 +36,28 @@ def spec_dir(tmp_path):
     return d
 
 
+def send_chat_completion(handler, reply: str, model: str = "test") -> None:
+    """Answer an OpenAI chat-completions request with ``reply``, as the test chat servers do."""
+    import json
+    data = json.dumps({"id": "x", "object": "chat.completion", "model": model,
+                       "choices": [{"index": 0, "finish_reason": "stop",
+                                    "message": {"role": "assistant", "content": reply}}]}).encode()
+    handler.send_response(200)
+    handler.send_header("Content-Type", "application/json")
+    handler.send_header("Content-Length", str(len(data)))
+    handler.end_headers()
+    handler.wfile.write(data)
+
+
+def serve_on_loopback(handler_class):
+    """A threading HTTP server on 127.0.0.1 (any free port), serving in a daemon thread; (server, base URL)."""
+    import threading
+    from http.server import ThreadingHTTPServer
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler_class)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    return httpd, f"http://127.0.0.1:{httpd.server_address[1]}"
+
+
 def write_spec(folder: Path, body: str, name: str = "spec.yaml") -> Path:
     path = folder / name
     path.write_text(textwrap.dedent(body).lstrip())

@@ -2,10 +2,11 @@
 OpenAI-compatible HTTP backend against a real server on 127.0.0.1 answering with the embedded model."""
 import json
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 
+from conftest import send_chat_completion, serve_on_loopback
 from twin.llm import CachedLLM, GenParams, OpenAIHTTPLLM, TransformersLLM
 
 CONVS = [[{"role": "user", "content": "Tell me about kelp."}],
@@ -54,18 +55,9 @@ class ChatServer:
                     self.send_error(503, "warming up")
                     return
                 reply = llm.chat([body["messages"]], GenParams(max_new_tokens=body.get("max_tokens", 32)))[0]
-                data = json.dumps({"id": "x", "object": "chat.completion", "model": body["model"],
-                                   "choices": [{"index": 0, "finish_reason": "stop",
-                                                "message": {"role": "assistant", "content": reply}}]}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                send_chat_completion(self, reply, body["model"])
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        self.httpd, self.url = serve_on_loopback(Handler)
 
     def close(self):
         self.httpd.shutdown()

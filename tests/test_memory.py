@@ -6,15 +6,14 @@ import json
 import re
 import shutil
 import subprocess
-import threading
 import unicodedata
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import TWIN, run_twin
+from conftest import TWIN, run_twin, send_chat_completion, serve_on_loopback
 from twin.cache import read_json
 
 PERSONA = Path(__file__).parent / "data" / "persona2"
@@ -238,17 +237,10 @@ class Backend:
                         self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
                     self.wfile.write(b"data: [DONE]\n\n")
                     return
-                data = json.dumps({"choices": [{"index": 0, "finish_reason": "stop",
-                                                "message": {"role": "assistant", "content": reply}}]}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                send_chat_completion(self, reply, body.get("model", "test"))
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        self.httpd, url = serve_on_loopback(Handler)
+        self.url = f"{url}/v1"
 
 
 @pytest.mark.slow
