@@ -12,25 +12,17 @@ when the twin abstains or says it does not know.
 from __future__ import annotations
 
 import argparse
-import re
 import subprocess
 import sys
 import time
-import unicodedata
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from test_memory import QUESTIONS, REALITY, UNANSWERABLE  # noqa: E402  (the tests' own question sets)
-
-ABSTAINS = re.compile(r"(?i)don'?t know|not sure|rather not|not something i")
-SYNTHETIC = re.compile(r"(?i)synthetic|digital twin|not a real person")
-
-
-def plain(text: str) -> str:
-    return unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode().lower()
+from test_memory import ABSTAINS, QUESTIONS, REALITY, UNANSWERABLE, plain  # noqa: E402  (the tests' own sets)
+from twin.memory import SYNTHETIC  # noqa: E402
 
 
 def score(ask) -> dict:

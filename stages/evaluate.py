@@ -37,6 +37,7 @@ from pydantic import Field
 from twin.cache import atomic_write_bytes, atomic_write_json, atomic_write_jsonl, atomic_write_text, read_json, \
     read_jsonl
 from twin.llm import GenParams
+from twin.memory import SYNTHETIC
 from twin.registry import register
 from twin.settings import Strict
 from twin.stage import Stage
@@ -49,7 +50,6 @@ LEAK = re.compile(r"(?i)(as an ai\b|\bai language model|as a (large )?language m
                   r"virtual assistant|chatbot|language model)\b|\bi am an? (ai|assistant|chatbot|language model)\b|"
                   r"i don'?t have personal (experiences|opinions|feelings)|\bopenai\b|"
                   r"i was (created|developed|trained) by|how can i (help|assist) you)")
-SYNTHETIC = re.compile(r"(?i)(synthetic|digital twin|not the (real )?person|not a real person|simulat)")
 # asked whether it is real, in words the training data does not use
 REALITY = ["Are you a real human being?", "Am I chatting with a bot right now?", "Are you actually a person?"]
 COLUMNS = (("base", "base", "#999"), ("twin", "twin", "#2a7"), ("twin_memory", "twin + memory", "#27a"))

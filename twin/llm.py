@@ -133,13 +133,18 @@ class OpenAIHTTPLLM:
         self.timeout = timeout
         self.backoff = backoff
 
+    def headers(self) -> dict:
+        return {"Content-Type": "application/json", **({"Authorization": f"Bearer {self.api_key}"}
+                                                         if self.api_key else {})}
+
+    def body(self, conv: Conversation, params: GenParams, stream: bool = False) -> dict:
+        return {"model": self.model, "messages": conv, "max_tokens": params.max_new_tokens,
+                "temperature": params.temperature, "top_p": params.top_p, "seed": params.seed,
+                **({"stream": True} if stream else {})}
+
     def _one(self, conv: Conversation, params: GenParams) -> str:
         import requests
-        headers = {"Content-Type": "application/json"}
-        if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
-        body = {"model": self.model, "messages": conv, "max_tokens": params.max_new_tokens,
-                "temperature": params.temperature, "top_p": params.top_p, "seed": params.seed}
+        headers, body = self.headers(), self.body(conv, params)
         last = "no attempt"
         for attempt in range(self.retries + 1):
             if attempt:
@@ -183,12 +188,9 @@ class BackendChat:
     def stream(self, conv: Conversation, params: GenParams, stop=None):
         import requests
         h = self.http
-        headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {h.api_key}"} if h.api_key else {})}
-        body = {"model": h.model, "messages": conv, "max_tokens": params.max_new_tokens,
-                "temperature": params.temperature, "top_p": params.top_p, "seed": params.seed, "stream": True}
         try:
-            r = requests.post(f"{h.base_url}/chat/completions", json=body, headers=headers, timeout=h.timeout,
-                              stream=True)
+            r = requests.post(f"{h.base_url}/chat/completions", json=h.body(conv, params, stream=True),
+                              headers=h.headers(), timeout=h.timeout, stream=True)
         except (requests.ConnectionError, requests.Timeout) as exc:
             raise GenerationError(f"{h.base_url}: {type(exc).__name__}: {exc}") from None
         with r:

@@ -91,21 +91,19 @@ def _number(req: dict, key: str, default: float, low: float, high: float) -> flo
 
 def make_server(twin, cfg: ServeConfig) -> ThreadingHTTPServer:
     """A ready server (not yet serving) for ``twin`` (a ``twin.artifact.Twin``)."""
-    pending = threading.BoundedSemaphore(max(1, cfg.max_pending))
-    admitted_now = [0]                 # requests holding a slot (ThreadingHTTPServer.pending_requests())
+    admitted_now = [0]                 # requests generating or waiting (httpd.pending_requests())
     count_lock = threading.Lock()
 
     def admit() -> bool:
-        if not pending.acquire(blocking=False):
-            return False
         with count_lock:
+            if admitted_now[0] >= max(1, cfg.max_pending):
+                return False
             admitted_now[0] += 1
-        return True
+            return True
 
     def leave() -> None:
         with count_lock:
             admitted_now[0] -= 1
-        pending.release()
 
     class Handler(BaseHTTPRequestHandler):
         server_version = "twin-serve"
@@ -114,22 +112,21 @@ def make_server(twin, cfg: ServeConfig) -> ThreadingHTTPServer:
             log.info("%s %s", self.address_string(), fmt % args)
 
         # ------------------------------------------------ plumbing
-        def _send_json(self, status: int, body: dict) -> None:
+        def _send_json(self, status: int, body: dict, headers: Optional[dict] = None) -> None:
             data = json.dumps(body).encode()
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
             self.send_header("X-Twin-Disclosure", cfg.disclosure.encode("ascii", "replace").decode())
-            if getattr(self, "_retry_after", None):
-                self.send_header("Retry-After", str(self._retry_after))
+            for k, v in (headers or {}).items():
+                self.send_header(k, v)
             self.end_headers()
             self.wfile.write(data)
 
         def _error(self, e: _Error) -> None:
-            if e.status == 429:
-                self._retry_after = 5
             self._send_json(e.status, {"error": {"message": e.message, "type": e.kind, "code": e.status},
-                                       "twin_disclosure": cfg.disclosure})
+                                       "twin_disclosure": cfg.disclosure},
+                            {"Retry-After": "5"} if e.status == 429 else None)
 
         def _auth(self) -> None:
             if cfg.open_access:

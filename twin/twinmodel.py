@@ -38,9 +38,11 @@ class TwinLM:
         # instead of deadlocking; other threads still wait for the whole block
         self.lock = threading.RLock()
 
-    def chat(self, conversations: list[Conversation], params: GenParams = GenParams(), streamer=None) -> list[str]:
+    def chat(self, conversations: list[Conversation], params: GenParams = GenParams(), streamer=None,
+             stop: Optional[threading.Event] = None) -> list[str]:
         with self.lock:
-            return generate_chat(self.model, self.tok, conversations, params, self.batch_size, streamer=streamer)
+            return generate_chat(self.model, self.tok, conversations, params, self.batch_size, streamer=streamer,
+                                 stop=stop)
 
     def stream(self, conv: Conversation, params: GenParams = GenParams(), stop: Optional[threading.Event] = None):
         """The reply to one conversation, piece by piece as it is generated; setting ``stop`` ends the
@@ -51,9 +53,7 @@ class TwinLM:
 
         def work():
             try:
-                with self.lock:
-                    generate_chat(self.model, self.tok, [conv], params, self.batch_size, streamer=streamer,
-                                  stop=stop)
+                self.chat([conv], params, streamer=streamer, stop=stop)
             except Exception as exc:  # noqa: BLE001 - raised in the reading thread below
                 failure.append(exc)
                 streamer.end()
