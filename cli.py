@@ -11,6 +11,7 @@ import click
 from twin.errors import SpecError, TwinError
 
 log = logging.getLogger("twin")
+CONSENT_BASES = ["self", "written-permission", "public-figure-research", "historical"]   # as twin.spec has them
 
 
 def _setup_logging(verbose: int, quiet: bool) -> None:
@@ -228,14 +229,17 @@ def clean(spec, stage, workspace):
 @click.option("--max-items", type=int, help="cap for playlists, channels and feeds")
 @click.option("--cookies", type=click.Path(dir_okay=False, exists=True), help="Netscape cookies file")
 @click.option("--opt-out", type=click.Path(dir_okay=False, exists=True), help="opt-out list, one entry per line")
+@click.option("--consent", type=click.Choice(CONSENT_BASES), default="self", show_default=True,
+              help="the basis on which you fetch this person's material")
 @click.pass_context
-def fetch_cmd(ctx, inputs, kind, out, sample_rate, max_items, cookies, opt_out):
-    """Fetch URLs or files into OUT without a spec (provenance.jsonl, WAV, text)."""
+def fetch_cmd(ctx, inputs, kind, out, sample_rate, max_items, cookies, opt_out, consent):
+    """Fetch URLs or files into OUT without a spec (provenance.jsonl, WAV, text); a later fetch into
+    the same OUT adds to it."""
     from twin import adhoc
     with _progress(ctx) as progress:
         counts = adhoc.fetch(list(inputs), out, kind={"video": "videos"}.get(kind, kind), opt_out_file=opt_out,
-                             progress=progress, sample_rate=sample_rate, max_items_per_source=max_items,
-                             cookies=cookies)
+                             consent=consent, progress=progress, sample_rate=sample_rate,
+                             max_items_per_source=max_items, cookies=str(Path(cookies).resolve()) if cookies else None)
     click.echo(f"fetched {counts['videos']} audio, {counts['posts']} posts, {counts['facts_documents']} fact "
                f"documents; {counts['failed']} failed → {Path(out) / 'provenance.jsonl'}")
     held = counts.get("in_folder", {})
@@ -252,8 +256,7 @@ def _audio_inputs(fn):
         click.option("--enroll", multiple=True, type=click.Path(dir_okay=False, exists=True),
                      help="a clip of the persona's voice alone (repeatable)"),
         click.option("--profile", type=click.Choice(["embedded", "full"]), default="embedded", show_default=True),
-        click.option("--consent", type=click.Choice(["self", "written-permission", "public-figure-research",
-                                                     "historical"]),
+        click.option("--consent", type=click.Choice(CONSENT_BASES),
                      default="self", show_default=True, help="the basis on which you process these recordings"),
     ]):
         fn = deco(fn)

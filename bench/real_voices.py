@@ -78,7 +78,7 @@ def snr_table(root: Path, limit: int) -> list[str]:
 
 
 def quality_table(root: Path, limit: int) -> list[str]:
-    from stages.qualify import Settings, floor_reasons, measure_clip
+    from twin.stages.qualify import Settings, floor_reasons, measure_clip
     s = Settings().model_dump()
     vad = _vad()
     rng = np.random.default_rng(1)
@@ -136,8 +136,9 @@ def bed_table(results: dict) -> list[str]:
 
 
 def sweep_table(results: dict, demo_ws: Path | None) -> list[str]:
-    from stages.diarize import Settings, global_speakers, local_speakers
+    from twin.stages.diarize import Settings
     from twin.audio import Recording
+    from twin.diarization import global_speakers, local_speakers
     from twin.cache import read_jsonl
     from twin.metrics import der, load_rttm
     from twin.models import package_file

@@ -32,7 +32,7 @@ def voice_table(workspace: Path, videos: list[dict]) -> list[str]:
     """Kept clean speech and word error rate per recording, against the demo's script."""
     import jiwer
 
-    from stages.transcribe import normalise_text
+    from twin.stages.transcribe import normalise_text
     clips = read_jsonl(workspace / "qualify" / "clips.jsonl")
     texts = {r["id"]: r for r in read_jsonl(workspace / "transcribe" / "transcripts.jsonl")}
     out = ["", "| recording | clips measured | kept | kept s | clean persona speech kept | clips with another "
@@ -101,8 +101,9 @@ def run(workspace: Path, sweep: bool) -> str:
         lines += ["", "clustering threshold sensitivity (same embeddings):", "",
                   "| threshold | " + " | ".join(f"{v['title']} DER (speakers)" for v in videos) + " |",
                   "|---:|" + "---:|" * len(videos)]
-        from stages.diarize import Settings, global_speakers, local_speakers
+        from twin.stages.diarize import Settings
         from twin.audio import Recording
+        from twin.diarization import global_speakers, local_speakers
         from twin.models import resolve
         seg, enc = resolve("segmentation", spec).location, resolve("speaker_embedding", spec).location
         sep = {r["id"]: r for r in read_jsonl(workspace / "separate" / "separation.jsonl")}

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 import math
 import re
 from itertools import combinations
@@ -69,15 +68,8 @@ class Settings(Strict):
 
 
 def _plot_png(draw) -> bytes:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig = draw(plt)
-    buf = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buf, format="png", dpi=100, metadata={"Software": None})
-    plt.close(fig)
-    return buf.getvalue()
+    from twin.plots import png, pyplot
+    return png(draw(pyplot()), dpi=100)
 
 
 def _bars(metrics: dict) -> bytes:

@@ -20,6 +20,7 @@ import hashlib
 import io
 import json
 import logging
+import glob
 import re
 from pathlib import Path
 from typing import Optional
@@ -40,7 +41,6 @@ POSITIONAL_EXTRACTORS = (None, "generic", "html5")
 # why an input fails a locked fetch (the stage fails on these, not on ordinary download failures)
 LOCK_CHANGED = "content changed since the lock"
 LOCK_GONE = "in the lock, not fetched now"
-AUDIO_EXT = {".wav", ".mp3", ".m4a", ".ogg", ".opus", ".flac", ".aac", ".webm", ".mp4", ".mkv", ".mov", ".avi"}
 
 
 class Settings(Strict):
@@ -52,6 +52,8 @@ class Settings(Strict):
     cookies: Optional[str] = Field(None, description="a Netscape cookies file for sites that need a login")
     subtitles: bool = Field(True, description="keep manual subtitles when a video has them")
     strict: bool = Field(False, description="fail the stage when any item fails (default: only when none works)")
+    fail_when_empty: bool = Field(True, description="fail the stage when nothing usable was fetched (`twin fetch` "
+                                                    "keeps the records of such a run and exits 1 itself)")
     locked: bool = Field(False, description="fetch exactly the items of the spec's committed lock file "
                                             "(`twin lock`; `twin build --locked`): nothing new, and an item whose "
                                             "content changed or is gone fails the stage")
@@ -255,14 +257,10 @@ def _entries(info: dict) -> list[dict]:
 
 def _media_file(udir: Path, base: str) -> Optional[Path]:
     """The downloaded media file of entry ``base`` (not its info.json, subtitles or partials)."""
-    for p in sorted(udir.glob(glob_escape(base) + ".*")):
+    for p in sorted(udir.glob(glob.escape(base) + ".*")):
         if not p.name.endswith((".json", ".vtt", ".srt", ".part", ".ytdl", ".tmp")):
             return p
     return None
-
-
-def glob_escape(text: str) -> str:
-    return re.sub(r"([*?\[])", r"[\1]", text)
 
 
 def _fetch_url_media(item: dict, params: dict) -> list[dict]:
@@ -330,7 +328,7 @@ def _fetch_url_media(item: dict, params: dict) -> list[dict]:
         atomic_write_json(out / "media" / f"{rec['id']}.info.json", slim)
         subs = []
         if params["subtitles"]:
-            for sub in sorted(udir.glob(glob_escape(base) + ".*.vtt")):
+            for sub in sorted(udir.glob(glob.escape(base) + ".*.vtt")):
                 lang = sub.name[len(base) + 1:-4]
                 atomic_copy(sub, out / "media" / f"{rec['id']}.{lang}.vtt")
                 subs.append({"lang": lang, "path": f"media/{rec['id']}.{lang}.vtt"})
@@ -831,7 +829,7 @@ class Fetch(Stage):
                 log.warning("%s: skipped %d malformed line(s) (line %d: %s); kept %d posts", rec.get("location"),
                             rec["bad_line_count"], first["line"], first["reason"], rec.get("items", 0))
         usable = counts["videos"] + counts["posts"] + counts["facts_documents"]
-        if items and usable == 0:
+        if items and usable == 0 and settings.fail_when_empty:
             raise StageError(self.name, f"nothing usable was fetched ({counts['failed']} failed); "
                              f"see {ctx.out / 'provenance.jsonl'}")
         if settings.locked and counts["failed"]:
@@ -845,77 +843,3 @@ class Fetch(Stage):
                              f"see {ctx.out / 'provenance.jsonl'}")
         return counts
 
-    def adhoc(self, inputs: list[str], out: Path, kind: Optional[str] = None, settings: Optional[dict] = None,
-              opt_out_file: Optional[Path] = None, progress=None) -> dict:
-        """``twin fetch``: fetch URLs/files into ``out`` with the same code, no spec."""
-        from twin.executors import InlineExecutor
-        from twin.stage import StageContext
-        s = Settings(**(settings or {}))
-        out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
-        sources = []
-        counters = {"videos": 0, "posts": 0, "facts": 0}
-        for loc in inputs:
-            k = kind or _guess_kind(loc)
-            src_model = {"videos": "VideoSource", "posts": "PostSource", "facts": "FactSource"}[k]
-            from twin import spec as spec_mod
-            field = "url" if "://" in loc else "path"
-            src = getattr(spec_mod, src_model)(**{field: loc if field == "url" else str(Path(loc).resolve())})
-            sources.append((k, counters[k], src.model_dump(mode="json")))
-            counters[k] += 1
-        items = make_items(sources, Path.cwd())
-        opt = load_opt_out(file=opt_out_file)
-        # fetched into a staging folder, then merged: a second `twin fetch` into the same folder adds to
-        # what is there and never loses it
-        import shutil
-        staging = out / ".fetch-staging"
-        shutil.rmtree(staging, ignore_errors=True)
-        ctx = StageContext(stage=self, spec=_AdhocSpec(s), out=staging, journal=staging / ".journal",
-                           inputs={}, executor=InlineExecutor(), models={}, progress=progress)
-        counts, _ = collect(ctx.map, items, self.params(s, staging, out / ".cache", opt), staging)
-        shutil.rmtree(staging / ".journal", ignore_errors=True)
-        totals = merge_fetched(staging, out)
-        shutil.rmtree(staging, ignore_errors=True)
-        return {**counts, "in_folder": totals}
-
-
-OUTPUT_KEYS = {"videos.jsonl": lambda r: r["id"], "facts.jsonl": lambda r: r["id"],
-               "posts.jsonl": lambda r: re.sub(r"\s+", " ", r["text"]).strip().lower(),
-               "provenance.jsonl": lambda r: (r.get("id") or "", r.get("url") or r.get("location") or "", r["status"])}
-
-
-def merge_fetched(new: Path, out: Path) -> dict:
-    """Merge one ad-hoc fetch (``new``) into the folder ``out``: files are added (a re-fetched item
-    replaces its own file), records are appended after the folder's own, one per key. Returns the
-    folder's counts."""
-    for f in sorted(p for p in new.rglob("*") if p.is_file() and p.name not in OUTPUT_KEYS):
-        dst = out / f.relative_to(new)
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        f.replace(dst)
-    totals = {}
-    for name, key in OUTPUT_KEYS.items():
-        old = read_jsonl(out / name) if (out / name).is_file() else []
-        fresh = read_jsonl(new / name) if (new / name).is_file() else []
-        merged = {key(r): r for r in old}
-        for r in fresh:
-            merged.pop(key(r), None)
-            merged[key(r)] = r
-        atomic_write_jsonl(out / name, list(merged.values()))
-        totals[name.removesuffix(".jsonl")] = len(merged)
-    return totals
-
-
-class _AdhocSpec:
-    def __init__(self, settings):
-        self.stages = type("S", (), {"fetch": settings})()
-
-
-def _guess_kind(loc: str) -> str:
-    suffix = Path(urlparse(loc).path if "://" in loc else loc).suffix.lower()
-    if suffix in AUDIO_EXT:
-        return "videos"
-    if suffix in (".js", ".jsonl", ".csv", ".xml", ".rss", ".atom"):
-        return "posts"
-    if "://" in loc and not suffix:
-        return "videos"
-    return "facts"

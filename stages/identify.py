@@ -21,6 +21,7 @@ import numpy as np
 from pydantic import Field
 
 from twin.cache import atomic_write_json, atomic_write_jsonl, atomic_write_text, read_jsonl
+from twin.diarization import cluster
 from twin.metrics import rttm_text
 from twin.registry import register
 from twin.settings import Strict
@@ -35,28 +36,12 @@ class Settings(Strict):
 
 
 def match_speakers(centroids: np.ndarray, recordings: list[str], threshold: float) -> list[int]:
-    """Global speaker ids: average-linkage on cosine similarity, one recording's speakers kept apart."""
-    n = len(centroids)
-    groups = [[i] for i in range(n)]
-    sim = centroids @ centroids.T
-    while True:
-        best, pair = threshold, None
-        for a in range(len(groups)):
-            for b in range(a + 1, len(groups)):
-                if {recordings[i] for i in groups[a]} & {recordings[i] for i in groups[b]}:
-                    continue
-                s = float(np.mean([sim[i, j] for i in groups[a] for j in groups[b]]))
-                if s >= best:
-                    best, pair = s, (a, b)
-        if pair is None:
-            break
-        a, b = pair
-        groups[a] += groups.pop(b)
-    labels = [0] * n
-    for g, members in enumerate(sorted(groups, key=min)):
-        for i in members:
-            labels[i] = g
-    return labels
+    """Global speaker ids (numbered by first member): average-linkage on cosine similarity down to
+    ``threshold``, one recording's speakers kept apart (a distance no average can bring down)."""
+    if not len(centroids):
+        return []
+    group_of = np.unique(np.asarray(recordings), return_inverse=True)[1]
+    return cluster(np.asarray(centroids), group_of, 1.0 - threshold, cannot_link=1e9).tolist()
 
 
 def identify(speakers: list[dict], enroll: Optional[np.ndarray], s: dict) -> tuple[list[dict], dict]:

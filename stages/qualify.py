@@ -22,14 +22,13 @@ from typing import Optional
 import numpy as np
 from pydantic import Field, model_validator
 
-from twin.audio import Recording
-from twin.cache import atomic_write_json, atomic_write_jsonl, read_jsonl
+from twin.audio import RATE, Recording
+from twin.cache import atomic_path, atomic_write_json, atomic_write_jsonl, read_jsonl
 from twin.errors import StageError
 from twin.registry import register
 from twin.settings import Strict
 from twin.stage import Stage
 
-RATE = 16000
 
 
 class Settings(Strict):
@@ -333,11 +332,8 @@ def qualify_recording(item: dict, params: dict) -> dict:
             clip["kept"] = not clip["reasons"]
             if clip["kept"]:
                 y = normalise_loudness(x, s["target_lufs"])
-                path = out / "clips" / f"{clip['id']}.wav"
-                path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_name(".tmp-" + path.name)
-                sf.write(str(tmp), y, RATE, subtype="PCM_16")
-                tmp.replace(path)
+                with atomic_path(out / "clips" / f"{clip['id']}.wav") as tmp:
+                    sf.write(str(tmp), y, RATE, subtype="PCM_16")
                 clip["path"] = f"clips/{clip['id']}.wav"
             clips.append(clip)
     # where the persona's speech went, in seconds

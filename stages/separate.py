@@ -18,13 +18,13 @@ from typing import Callable
 import numpy as np
 from pydantic import Field, model_validator
 
-from twin.cache import atomic_write_jsonl, read_jsonl
+from twin.audio import RATE
+from twin.cache import atomic_path, atomic_write_jsonl, read_jsonl
 from twin.errors import MissingDependency, StageError
 from twin.registry import register
 from twin.settings import Strict
 from twin.stage import Stage
 
-RATE = 16000
 
 
 class Settings(Strict):
@@ -57,9 +57,8 @@ def process_blocks(src: Path, vocals_path: Path, residual_path: Path, fn: Callab
     if info.samplerate != RATE or info.channels != 1:
         raise StageError("separate", f"{src}: expected 16 kHz mono, got {info.samplerate} Hz x {info.channels}")
     n_block, n_ov = int(block * RATE), int(overlap * RATE)
-    tmp_v, tmp_r = vocals_path.with_name(".tmp-" + vocals_path.name), residual_path.with_name(".tmp-" + residual_path.name)
     e_voc = e_res = 0.0
-    with sf.SoundFile(str(src)) as f, \
+    with atomic_path(vocals_path) as tmp_v, atomic_path(residual_path) as tmp_r, sf.SoundFile(str(src)) as f, \
             sf.SoundFile(str(tmp_v), "w", RATE, 1, "PCM_16") as fv, \
             sf.SoundFile(str(tmp_r), "w", RATE, 1, "PCM_16") as fr:
         tail = None                     # the previous block's output over the overlap
@@ -86,8 +85,6 @@ def process_blocks(src: Path, vocals_path: Path, residual_path: Path, fn: Callab
             start += keep
             if last:
                 break
-    tmp_v.replace(vocals_path)
-    tmp_r.replace(residual_path)
     snr = 10 * np.log10((e_voc + 1e-12) / (e_res + 1e-12))
     return {"vocals_energy": e_voc, "residual_energy": e_res, "snr_db": round(float(snr), 2),
             "seconds": round(info.frames / RATE, 3)}

@@ -29,39 +29,23 @@ from pydantic import Field
 from twin.cache import atomic_write_json, hash_file, read_json, read_jsonl
 from twin.errors import StageError, UsageError
 from twin.registry import register
-from twin.settings import Strict
 from twin.stage import Stage
+from twin.training import LoraSettings
 
 
-class Settings(Strict):
+class Settings(LoraSettings):
+    """twin.training's LoRA settings, and what this stage adds: the steps, step 2's own learning rate
+    and epochs, replay, packing's ``auto``, the device, processes and threads."""
     steps: list[Literal["style", "memory"]] = Field(default_factory=lambda: ["style", "memory"],
                                                    description="which adapters to train, in this order")
-    rank: int = Field(16, ge=1, le=1024, description="LoRA rank")
-    alpha: int = Field(32, ge=1, description="LoRA alpha (scale = alpha / rank)")
-    dropout: float = Field(0.05, ge=0, lt=1, description="LoRA dropout")
-    target_modules: Union[Literal["all-linear"], list[str]] = Field(
-        "all-linear", description="modules that get LoRA: all-linear, or names such as [q_proj, v_proj]")
-    learning_rate: float = Field(2e-4, gt=0, lt=1, description="peak learning rate (warmup, then cosine)")
     memory_learning_rate: Optional[float] = Field(None, gt=0, lt=1, description="step 2's, if different")
-    epochs: int = Field(3, ge=1, le=100, description="epochs per step; the best epoch by held-out loss is kept")
     memory_epochs: Optional[int] = Field(None, ge=1, le=100, description="step 2's epochs, if different")
     replay: float = Field(0.5, ge=0, le=1, description="share of the style training set mixed into step 2, so that "
                           "learning facts does not wash out the style (0: memory data only)")
-    batch_size: int = Field(8, ge=1, le=1024, description="rows per batch (packed rows hold several samples)")
-    gradient_accumulation: int = Field(1, ge=1, le=1024, description="batches per optimizer step")
-    max_length: int = Field(1024, ge=32, le=131072, description="tokens per row; longer samples are truncated")
     packing: Union[Literal["auto"], bool] = Field(
         "auto", description="pack short samples into rows of max_length (true) or length-grouped padded batches "
                             "(false); auto packs on CUDA only: on CPU the attention over packed rows costs more than "
                             "the padding it saves (bench/training.py)")
-    gradient_checkpointing: bool = Field(True, description="recompute activations in the backward pass "
-                                                           "(less memory, about a third more compute)")
-    quantize_4bit: bool = Field(False, description="QLoRA: the base in 4-bit NF4 (CUDA only; ignored on CPU)")
-    warmup_ratio: float = Field(0.05, ge=0, lt=1)
-    weight_decay: float = Field(0.0, ge=0)
-    max_grad_norm: float = Field(1.0, ge=0, description="gradient clipping; 0 disables")
-    checkpoint_every: int = Field(25, ge=0, description="optimizer steps between resumable checkpoints "
-                                                        "(0: at epoch ends only)")
     device: str = Field("auto", description="auto (CUDA when present), cpu, cuda, cuda:N")
     processes: int = Field(1, ge=1, le=64, description="training processes: > 1 trains each step with `accelerate "
                                                       "launch` (one per GPU, or CPU processes over gloo), the "
@@ -145,17 +129,12 @@ class Train(Stage):
         results = {}
         peft_model = None
         for step in s.steps:
-            cfg = T.TrainConfig(rank=s.rank, alpha=s.alpha, dropout=s.dropout, target_modules=s.target_modules,
-                                learning_rate=(s.memory_learning_rate or s.learning_rate) if step == "memory"
-                                else s.learning_rate,
-                                epochs=(s.memory_epochs or s.epochs) if step == "memory" else s.epochs,
-                                batch_size=s.batch_size, gradient_accumulation=s.gradient_accumulation,
-                                max_length=s.max_length,
-                                packing=dev.startswith("cuda") if s.packing == "auto" else s.packing,
-                                gradient_checkpointing=s.gradient_checkpointing, quantize_4bit=s.quantize_4bit,
-                                warmup_ratio=s.warmup_ratio, weight_decay=s.weight_decay,
-                                max_grad_norm=s.max_grad_norm, checkpoint_every=s.checkpoint_every,
-                                seed=ctx.spec.seed)
+            cfg = T.TrainConfig(**{
+                **s.model_dump(include=set(T.LoraSettings.model_fields)),
+                "learning_rate": (s.memory_learning_rate or s.learning_rate) if step == "memory" else s.learning_rate,
+                "epochs": (s.memory_epochs or s.epochs) if step == "memory" else s.epochs,
+                "packing": dev.startswith("cuda") if s.packing == "auto" else s.packing,
+                "seed": ctx.spec.seed})
             lcfg = T.lora_config(cfg, base["id"], revision)
             steps_now = s.steps[: s.steps.index(step) + 1]
             peft_model = T.add_step(model, peft_model, steps_now, lcfg, ctx.spec.seed)

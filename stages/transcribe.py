@@ -21,13 +21,13 @@ from typing import Optional
 import numpy as np
 from pydantic import Field
 
+from twin.audio import RATE
 from twin.cache import atomic_write_jsonl, read_jsonl
 from twin.errors import StageError
 from twin.registry import register
 from twin.settings import Strict
 from twin.stage import Stage
 
-RATE = 16000
 
 
 class Settings(Strict):

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from pydantic import Field
 
-from twin.cache import atomic_write_bytes, atomic_write_json, atomic_write_jsonl, atomic_write_text, read_json, read_jsonl
+from twin.cache import atomic_path, atomic_write_bytes, atomic_write_json, atomic_write_jsonl, atomic_write_text, read_json, read_jsonl
 from twin.registry import register
 from twin.settings import Strict
 from twin.stage import Stage
@@ -39,10 +39,8 @@ def _resample_write(src: Path, dst: Path, rate: int) -> float:
     audio, sr = sf.read(str(src), dtype="float32")
     if sr != rate:
         audio = soxr.resample(audio, sr, rate, quality="HQ")
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(".tmp-" + dst.name)
-    sf.write(str(tmp), np.clip(audio, -1, 1), rate, subtype="PCM_16")
-    tmp.replace(dst)
+    with atomic_path(dst) as tmp:
+        sf.write(str(tmp), np.clip(audio, -1, 1), rate, subtype="PCM_16")
     return len(audio) / rate
 
 
@@ -85,10 +83,8 @@ def speech_accounting(account: dict, clips: dict[str, dict], texts: dict[str, di
 
 
 def _plot(path: Path, clips: list[dict], kept_ids: set[str], accounting: dict) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig = plt.figure(figsize=(13, 7.6))
+    from twin.plots import png, pyplot
+    fig = pyplot().figure(figsize=(13, 7.6))
     grid = fig.add_gridspec(2, 3, height_ratios=[1, 1.1])
     axes = [fig.add_subplot(grid[0, k]) for k in range(3)]
     for ax, key, label in ((axes[0], "snr_db", "SNR (dB)"), (axes[1], "ovrl", "DNSMOS OVRL"),
@@ -115,11 +111,7 @@ def _plot(path: Path, clips: list[dict], kept_ids: set[str], accounting: dict) -
     ax.set_xlabel("seconds of the persona's speech")
     ax.set_title("where the persona's speech went")
     fig.suptitle("voice dataset: kept vs rejected clips")
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90, metadata={"Software": None})
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    atomic_write_bytes(path, png(fig, dpi=90))
 
 
 @register

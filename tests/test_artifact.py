@@ -117,6 +117,17 @@ def test_oversized_member_is_refused(tmp_path):
     assert not (tmp_path / "out" / "t" / "manifest.json").exists()       # nothing written before the check
 
 
+def test_truncated_archive_is_refused_with_its_reason(tmp_path):
+    from twin.artifact import ArtifactError, safe_extract
+    good = _tar(tmp_path / "t.tar.gz", {"t/manifest.json": b"{}", "t/blob": os.urandom(200_000)})
+    cut = tmp_path / "cut.tar.gz"
+    cut.write_bytes(good.read_bytes()[:-50_000])
+    with pytest.raises(ArtifactError, match="truncated or damaged"):
+        safe_extract(cut, tmp_path / "out")
+    safe_extract(good, tmp_path / "ok")
+    assert (tmp_path / "ok" / "t" / "blob").stat().st_size == 200_000
+
+
 def test_adapters_inside_load_with_plain_peft(built, tiny_model):
     import torch
     from peft import PeftModel

@@ -7,7 +7,7 @@ import soundfile as sf
 from conftest import DEMO, run_twin, speak
 from twin.cache import read_json, read_jsonl
 from twin.metrics import der, load_rttm, persona_purity_recall
-from stages.identify import match_speakers
+from twin.stages.identify import match_speakers
 
 pytestmark = pytest.mark.slow
 
@@ -88,7 +88,7 @@ def test_match_speakers_never_merges_two_speakers_of_one_recording():
 
 
 def test_block_processing_reconstructs_and_crossfades(tmp_path):
-    from stages.separate import process_blocks
+    from twin.stages.separate import process_blocks
     rng = np.random.default_rng(1)
     x = (0.1 * rng.standard_normal(16000 * 23)).astype("float32")
     src = tmp_path / "x.wav"
@@ -105,7 +105,7 @@ def test_block_processing_reconstructs_and_crossfades(tmp_path):
 def test_diarization_streams_blocks_and_matches_one_pass(tmp_path, monkeypatch):
     """A recording read in blocks of 16 windows gives exactly the segments and speakers of one pass,
     and no read is longer than one block: memory does not grow with the recording."""
-    import stages.diarize as diarize
+    import twin.diarization as diarize
     from twin.audio import Recording, to_wav
     from twin.models import resolve
     from twin.spec import load_spec
@@ -171,7 +171,7 @@ def test_untrusted_checkpoint_is_refused(tmp_path):
     import pickle
     import torch  # noqa: F401 - torch.load is what refuses
 
-    from stages.separate import load_demucs
+    from twin.stages.separate import load_demucs
     from twin.errors import StageError
 
     class Evil:

@@ -71,7 +71,7 @@ def test_http_backend_against_a_server_running_the_embedded_model(tmp_path):
     local = TransformersLLM(str(gguf), device="cpu", cache_dir=tmp_path / "models")
     server = ChatServer(local, fail_first=1)
     try:
-        remote = OpenAIHTTPLLM(server.url, "smollm2-135m", concurrency=2, backoff=0.05)
+        remote = OpenAIHTTPLLM(server.url, "smollm2-135m", concurrency=2)
         params = GenParams(max_new_tokens=16)
         replies = remote.chat(CONVS[:2], params)
         assert server.requests == 3                           # one 503 retried, then two answers

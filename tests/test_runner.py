@@ -162,7 +162,7 @@ def test_editing_a_helper_module_reruns_the_stages_that_import_it(tmp_path, spec
 
     def twin(*args):
         env = {**os.environ, "PYTHONPATH": str(scratch)}
-        return subprocess.run([sys.executable, "-c", "import sys, cli; sys.argv[0] = 'twin'; cli.main()", *map(str, args)],
+        return subprocess.run([sys.executable, "-c", "import sys, twin.cli; sys.argv[0] = 'twin'; twin.cli.main()", *map(str, args)],
                               capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
 
     out = twin("build", spec, "--until", "style_data")

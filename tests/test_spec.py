@@ -4,7 +4,7 @@ import re
 import pytest
 from click.testing import CliRunner
 
-from cli import main
+from twin.cli import main
 from conftest import MINIMAL, ROOT, write_spec
 from twin.cache import hash_obj
 from twin.errors import ConsentError, SpecError
@@ -126,7 +126,7 @@ def test_spec_section_hash_is_pinned():
     spec = parse_spec(MINIMAL, "s.yaml", check_files=False)
     assert hash_obj(spec.section("stages.fetch")) == hash_obj({
         "sample_rate": 16000, "max_items_per_source": 50, "retries": 3, "min_interval": 0.0, "rate_limit": None,
-        "cookies": None, "subtitles": True, "strict": False, "locked": False})
+        "cookies": None, "subtitles": True, "strict": False, "fail_when_empty": True, "locked": False})
     assert hash_obj({"b": 1, "a": [1, 2]}) == "94a786c3662bc7beeb598efa7d8cb58d7bea25d6c275ea9785a0230ff1f8c2ba"
     assert hash_obj({"b": 1, "a": [1, 2]}) == hash_obj({"a": [1, 2], "b": 1})
 
@@ -145,3 +145,11 @@ def test_hub_models_are_fingerprinted_by_their_resolved_revision(tmp_path):
     first = resolve("llm", spec).fingerprint_id
     (refs / "main").write_text("2222\n")
     assert first == "Org/model@commit:1111" and resolve("llm", spec).fingerprint_id == "Org/model@commit:2222"
+
+
+def test_the_cli_offers_exactly_the_consent_bases_the_spec_accepts():
+    import typing
+
+    from twin import cli
+    from twin.spec import ConsentBasis
+    assert cli.CONSENT_BASES == list(typing.get_args(ConsentBasis))

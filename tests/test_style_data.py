@@ -4,7 +4,7 @@ import json
 import pytest
 
 from conftest import run_twin
-from stages.style_data import clean_text, other_language, prompt_for, shingles
+from twin.stages.style_data import clean_text, other_language, prompt_for, shingles
 from twin.cache import read_json, read_jsonl
 
 

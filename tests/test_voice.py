@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from conftest import DEMO, run_twin
-from stages.transcribe import normalise_text, vtt_text
+from twin.stages.transcribe import normalise_text, vtt_text
 from twin.cache import read_json, read_jsonl
 from twin.quality import wada_snr
 

@@ -3,7 +3,18 @@
 Heavy libraries (torch, whisperx, transformers) are imported only inside the functions
 that need them, so ``import twin`` and ``twin --help`` stay fast.
 """
+from pathlib import Path as _Path
+
 __version__ = "0.1.0"
+
+# The stage modules (stages/) and the command line (cli.py) sit beside this package in the
+# repository, as its layout shows; they are imported as ``twin.stages`` and ``twin.cli`` — no
+# top-level ``stages`` or ``cli`` module is ever installed. A wheel carries them inside the package
+# (setup.py); in a checkout or an editable install the folder above is searched for them.
+_beside = _Path(__file__).resolve().parent.parent
+if not (_Path(__file__).parent / "stages").is_dir() and (_beside / "stages" / "__init__.py").is_file() \
+        and (_beside / "cli.py").is_file():
+    __path__.append(str(_beside))  # noqa: F821 - a package's own __path__
 
 
 def load_spec(path, check_files=True):

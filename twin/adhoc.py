@@ -1,36 +1,118 @@
 """Ad-hoc use without a spec: the same stage code on files and URLs named on the command line."""
 from __future__ import annotations
 
+import os
+import re
+import shutil
 from pathlib import Path
 from typing import Optional
+from urllib.parse import urlparse
 
-from . import registry
 from .errors import UsageError
+
+AUDIO_EXT = {".wav", ".mp3", ".m4a", ".ogg", ".opus", ".flac", ".aac", ".webm", ".mp4", ".mkv", ".mov", ".avi"}
+POST_EXT = {".js", ".jsonl", ".csv", ".xml", ".rss", ".atom"}
+
+# the records of a fetch folder, each kept once per key when a later fetch adds to the folder
+OUTPUT_KEYS = {"videos.jsonl": lambda r: r["id"], "facts.jsonl": lambda r: r["id"],
+               "posts.jsonl": lambda r: re.sub(r"\s+", " ", r["text"]).strip().lower(),
+               "provenance.jsonl": lambda r: (r.get("id") or "", r.get("url") or r.get("location") or "", r["status"])}
+
+
+def guess_kind(loc: str) -> str:
+    """videos, posts or facts, from a file's or URL's suffix (a URL without one: a video page)."""
+    suffix = Path(urlparse(loc).path if "://" in loc else loc).suffix.lower()
+    if suffix in AUDIO_EXT:
+        return "videos"
+    if suffix in POST_EXT:
+        return "posts"
+    if "://" in loc and not suffix:
+        return "videos"
+    return "facts"
 
 
 def fetch(inputs: list[str], out: str | Path, kind: Optional[str] = None, opt_out_file: Optional[str] = None,
-          progress=None, **settings) -> dict:
+          consent: str = "self", progress=None, **settings) -> dict:
+    """`twin fetch`: the fetch stage, through the runner, on URLs and files named on the command line.
+
+    The build lives in ``OUT/.twin-fetch/`` (its spec, workspace and download cache); its outputs are
+    then added to OUT, so a second fetch into the same folder adds to what is there and never loses
+    it. A run where nothing was usable still leaves its provenance (every failure with its reason).
+    Returns this run's counts and, under ``in_folder``, the folder's."""
+    from .cache import read_json
+    from .runner import Runner
     if not inputs:
         raise UsageError("twin fetch: name at least one URL or file")
     for loc in inputs:
         if "://" not in loc and not Path(loc).exists():
             raise UsageError(f"{loc}: no such file (give a local file or an http(s) URL)")
-    return registry.get("fetch").adhoc(list(inputs), Path(out), kind=kind,
-                                       settings={k: v for k, v in settings.items() if v is not None},
-                                       opt_out_file=Path(opt_out_file) if opt_out_file else None, progress=progress)
+    out = Path(out)
+    sources: dict[str, list] = {"videos": [], "posts": [], "facts": []}
+    for loc in inputs:
+        sources[kind or guess_kind(loc)].append({"url": loc} if "://" in loc else {"path": str(Path(loc).resolve())})
+    doc = {"id": "adhoc-fetch", "name": "ad-hoc fetch", "profile": "embedded", "workspace": "ws",
+           "consent": {"basis": consent, "evidence": f"stated on the command line (fetch --consent {consent}); "
+                                                     "no twin artifact is built from this run"},
+           # the addresses were typed on the command line by the user, local ones included
+           "sources": {**{k: v for k, v in sources.items() if v}, "allow_local": True},
+           "stages": {"fetch": {**{k: v for k, v in settings.items() if v is not None}, "fail_when_empty": False}}}
+    if opt_out_file:
+        doc["opt_out"] = {"file": str(Path(opt_out_file).resolve())}
+    spec = _write_spec(out / ".twin-fetch", doc, "fetch")
+    runner = Runner(spec, progress=progress)
+    runner.build(until="fetch")
+    built = runner.ws.root / "fetch"
+    counts = read_json(built / "_manifest.json")["counts"]
+    return {**counts, "in_folder": merge_fetched(built, out)}
+
+
+def merge_fetched(new: Path, out: Path) -> dict:
+    """Add one fetch's outputs (``new``, a built fetch stage) to the folder ``out``: files are linked
+    in (a re-fetched item replaces its own file), records are appended after the folder's own, one
+    per key. Returns the folder's counts."""
+    from .cache import MANIFEST, atomic_write_jsonl, read_jsonl
+    for f in sorted(p for p in new.rglob("*") if p.is_file() and p.name not in OUTPUT_KEYS and p.name != MANIFEST):
+        dst = out / f.relative_to(new)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dst.with_name(f".tmp-{dst.name}")
+        tmp.unlink(missing_ok=True)
+        try:
+            os.link(f, tmp)              # the build keeps its own copy (its manifest lists it)
+        except OSError:
+            shutil.copyfile(f, tmp)
+        os.replace(tmp, dst)
+    totals = {}
+    for name, key in OUTPUT_KEYS.items():
+        old = read_jsonl(out / name) if (out / name).is_file() else []
+        fresh = read_jsonl(new / name) if (new / name).is_file() else []
+        merged = {key(r): r for r in old}
+        for r in fresh:
+            merged.pop(key(r), None)
+            merged[key(r)] = r
+        atomic_write_jsonl(out / name, list(merged.values()))
+        totals[name.removesuffix(".jsonl")] = len(merged)
+    return totals
+
+
+def _write_spec(folder: Path, doc: dict, purpose: str):
+    """A real spec written to FOLDER/spec.yaml (inspectable, rerunnable), loaded."""
+    import yaml
+
+    from .cache import atomic_write_text
+    from .spec import load_spec
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "spec.yaml"
+    atomic_write_text(path, f"# written by `twin {purpose}`; `twin build {path}` reruns it\n"
+                      + yaml.safe_dump(doc, sort_keys=False))
+    return load_spec(path)
 
 
 def _adhoc_spec(files: list[str], out: Path, enroll: list[str], profile: str, consent: str, purpose: str,
                 stages: dict | None = None):
     """A real spec for files named on the command line, written to OUT/spec.yaml (inspectable, rerunnable)."""
-    import yaml
-
-    from .cache import atomic_write_text
-    from .spec import load_spec
     for f in [*files, *enroll]:
         if not Path(f).is_file():
             raise UsageError(f"{f}: no such file")
-    out.mkdir(parents=True, exist_ok=True)
     doc = {
         "id": "adhoc", "name": "ad-hoc speaker", "profile": profile, "workspace": ".work",
         "consent": {"basis": consent, "evidence": f"stated on the command line ({purpose} --consent {consent}); "
@@ -40,10 +122,7 @@ def _adhoc_spec(files: list[str], out: Path, enroll: list[str], profile: str, co
     }
     if stages:
         doc["stages"] = stages
-    path = out / "spec.yaml"
-    atomic_write_text(path, f"# written by `twin {purpose}`; `twin build {path}` reruns it\n"
-                      + yaml.safe_dump(doc, sort_keys=False))
-    return load_spec(path)
+    return _write_spec(out, doc, purpose)
 
 
 def diarize(files: list[str], out: str | Path, enroll: list[str] = (), profile: str = "embedded",

@@ -15,11 +15,12 @@ import os
 import shutil
 import tarfile
 import tempfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from .cache import tree_files
+from .cache import atomic_path, tree_files
 from .errors import TwinError, UsageError
 
 SCHEMA_VERSION = 1
@@ -45,10 +46,7 @@ def default_disclosure(name: str) -> str:
 
 def write_tar(folder: Path, target: Path, arcroot: str) -> Path:
     """A deterministic .tar.gz of ``folder`` under ``arcroot/`` (written atomically)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=target.parent)
-    os.close(fd)
-    try:
+    with atomic_path(target) as tmp:
         with open(tmp, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, filename="") as gz, \
                 tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
             for rel in sorted(tree_files(folder, exclude=())):
@@ -61,10 +59,6 @@ def write_tar(folder: Path, target: Path, arcroot: str) -> Path:
                 info.uname = info.gname = ""
                 with open(path, "rb") as f:
                     tar.addfile(info, f)
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return target
 
 
@@ -76,8 +70,21 @@ def file_list(folder: Path) -> dict[str, str]:
 
 def safe_extract(tar_path: Path, dest: Path, *, max_member_bytes: int = MAX_MEMBER_BYTES,
                  max_total_bytes: int = MAX_TOTAL_BYTES, max_members: int = MAX_MEMBERS) -> Path:
-    """Unpack regular files and folders only; refuse the whole archive on any unsafe member."""
+    """Unpack regular files and folders only; refuse the whole archive on any unsafe member.
+
+    Every member is checked first (so a refused archive writes nothing, and the reason names the
+    member), then tarfile unpacks with its ``data`` filter, which also refuses anything that would
+    land outside ``dest`` and drops owners and special permission bits."""
     dest = Path(dest)
+    try:
+        return _extract(tar_path, dest, max_member_bytes, max_total_bytes, max_members)
+    except tarfile.FilterError as exc:
+        raise ArtifactError(f"{tar_path}: {exc}; refusing to unpack") from exc
+    except (tarfile.TarError, EOFError, zlib.error) as exc:
+        raise ArtifactError(f"{tar_path}: truncated or damaged ({exc})") from exc
+
+
+def _extract(tar_path: Path, dest: Path, max_member_bytes: int, max_total_bytes: int, max_members: int) -> Path:
     total = 0
     with tarfile.open(tar_path, "r:*") as tar:
         members = []
@@ -101,20 +108,8 @@ def safe_extract(tar_path: Path, dest: Path, *, max_member_bytes: int = MAX_MEMB
             if total > max_total_bytes:
                 raise ArtifactError(f"{tar_path}: more than {max_total_bytes} bytes in all; refusing to unpack")
             members.append(m)
-        root = dest.resolve()
-        for m in members:
-            out = (dest / m.name).resolve()
-            if root != out and root not in out.parents:
-                raise ArtifactError(f"{tar_path}: member {m.name!r} lands outside {dest}")
-            if m.isdir():
-                out.mkdir(parents=True, exist_ok=True)
-                continue
-            out.parent.mkdir(parents=True, exist_ok=True)
-            src = tar.extractfile(m)
-            with open(out, "wb") as f:
-                copied = shutil.copyfileobj(src, f, 1 << 20) or f.tell()
-            if copied != m.size:
-                raise ArtifactError(f"{tar_path}: member {m.name!r} is truncated")
+        dest.mkdir(parents=True, exist_ok=True)
+        tar.extractall(dest, members=members, filter="data")
     return dest
 
 

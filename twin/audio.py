@@ -6,9 +6,10 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from .cache import atomic_path
 from .errors import MissingDependency, UsageError
 
-WORK_RATE = 16000
+RATE = 16000          # the working sample rate of every model below (Hz)
 
 
 def ffmpeg_bin() -> str:
@@ -36,20 +37,17 @@ def probe(path: str | Path) -> dict:
     }
 
 
-def to_wav(src: str | Path, dst: str | Path, rate: int = WORK_RATE) -> Path:
+def to_wav(src: str | Path, dst: str | Path, rate: int = RATE) -> Path:
     """Decode ``src`` to 16-bit mono PCM WAV at ``rate`` (bit-exact, no metadata), atomically."""
     src, dst = Path(src), Path(dst)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(f".tmp-{dst.name}")
-    cmd = [ffmpeg_bin(), "-nostdin", "-v", "error", "-y", "-i", str(src), "-vn", "-map", "0:a:0",
-           "-ac", "1", "-ar", str(rate), "-c:a", "pcm_s16le", "-map_metadata", "-1",
-           "-fflags", "+bitexact", "-flags:a", "+bitexact", "-f", "wav", str(tmp)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0 or not tmp.is_file() or tmp.stat().st_size <= 44:
-        tmp.unlink(missing_ok=True)
-        last = (proc.stderr.strip().splitlines() or ["no audio stream"])[-1]
-        raise UsageError(f"{src}: cannot decode audio: {last}")
-    tmp.replace(dst)
+    with atomic_path(dst) as tmp:
+        cmd = [ffmpeg_bin(), "-nostdin", "-v", "error", "-y", "-i", str(src), "-vn", "-map", "0:a:0",
+               "-ac", "1", "-ar", str(rate), "-c:a", "pcm_s16le", "-map_metadata", "-1",
+               "-fflags", "+bitexact", "-flags:a", "+bitexact", "-f", "wav", str(tmp)]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0 or not tmp.is_file() or tmp.stat().st_size <= 44:
+            last = (proc.stderr.strip().splitlines() or ["no audio stream"])[-1]
+            raise UsageError(f"{src}: cannot decode audio: {last}")
     return dst
 
 
@@ -67,7 +65,7 @@ class Recording:
     recordings read the spans they need, so their memory does not grow with the input's length.
     """
 
-    def __init__(self, src, rate: int = WORK_RATE):
+    def __init__(self, src, rate: int = RATE):
         import numpy as np
         self._file = None
         if isinstance(src, np.ndarray):

@@ -12,8 +12,9 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 MANIFEST = "_manifest.json"
 CHUNK = 1 << 20
@@ -115,6 +116,54 @@ def atomic_copy(src: str | Path, dst: str | Path) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return dst
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """A temp file name beside ``path`` (same suffix) for writers that need a name (audio, plots,
+    archives): renamed over ``path`` when the block ends without an error, removed otherwise."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def replace_dir(built: str | Path, target: str | Path, old: str | Path | None = None) -> Path:
+    """Put the complete folder ``built`` at ``target`` with renames only: a reader sees the old folder or
+    the new one, never a mix. The old one is moved aside first (to ``old``, by default a hidden name
+    beside it), then removed."""
+    built, target = Path(built), Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if target.exists():
+        old = Path(old) if old else target.with_name(f".old-{target.name}-{os.getpid()}-{time.time_ns()}")
+        shutil.rmtree(old, ignore_errors=True)
+        old.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(target, old)
+        os.replace(built, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(built, target)
+    _fsync_dir(target.parent)
+    return target
+
+
+@contextlib.contextmanager
+def atomic_dir(target: str | Path) -> Iterator[Path]:
+    """Build a folder in a fresh temp folder beside ``target``; when the block ends without an error it
+    replaces ``target`` (:func:`replace_dir`), otherwise it is removed and ``target`` is untouched."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{target.name}-", dir=target.parent))
+    tmp.chmod(0o755)            # mkdtemp's 0700 would become the published folder's mode
+    try:
+        yield tmp
+        replace_dir(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def read_jsonl(path: str | Path) -> list[dict]:

@@ -7,11 +7,9 @@ once to safetensors in the cache folder, so later loads skip the slow dequantisa
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from functools import lru_cache
@@ -118,10 +116,12 @@ def generate_chat(model, tok, conversations: list[Conversation], params: GenPara
 # ----------------------------------------------------------------- OpenAI-compatible HTTP
 
 class OpenAIHTTPLLM:
-    """Any server speaking the OpenAI chat API (vLLM, Ollama, `twin serve`, hosted services)."""
+    """Any server speaking the OpenAI chat API (vLLM, Ollama, `twin serve`, hosted services), through
+    the ``openai`` client: it retries connection errors, timeouts, 408/409/429 and 5xx with
+    exponential backoff (honouring Retry-After) up to ``retries`` times."""
 
     def __init__(self, base_url: str, model: str, *, api_key_env: str = "OPENAI_API_KEY", concurrency: int = 4,
-                 retries: int = 3, timeout: float = 120.0, backoff: float = 0.5):
+                 retries: int = 3, timeout: float = 120.0):
         self.base_url = base_url.rstrip("/")
         if not self.base_url.endswith("/v1"):
             self.base_url += "/v1"
@@ -131,40 +131,38 @@ class OpenAIHTTPLLM:
         self.concurrency = max(1, concurrency)
         self.retries = retries
         self.timeout = timeout
-        self.backoff = backoff
+        self._client = None
 
-    def headers(self) -> dict:
-        return {"Content-Type": "application/json", **({"Authorization": f"Bearer {self.api_key}"}
-                                                         if self.api_key else {})}
+    @property
+    def client(self):
+        if self._client is None:
+            import openai
+            # servers without keys (local vLLM, Ollama, twin serve) ignore the placeholder
+            self._client = openai.OpenAI(base_url=self.base_url, api_key=self.api_key or "none",
+                                         max_retries=self.retries, timeout=self.timeout)
+        return self._client
 
-    def body(self, conv: Conversation, params: GenParams, stream: bool = False) -> dict:
+    def request(self, conv: Conversation, params: GenParams) -> dict:
         return {"model": self.model, "messages": conv, "max_tokens": params.max_new_tokens,
-                "temperature": params.temperature, "top_p": params.top_p, "seed": params.seed,
-                **({"stream": True} if stream else {})}
+                "temperature": params.temperature, "top_p": params.top_p, "seed": params.seed}
+
+    def error(self, exc) -> GenerationError:
+        """One line for a failed request: the status and the server's words, or what went wrong."""
+        import openai
+        if isinstance(exc, openai.APIStatusError):
+            return GenerationError(f"{self.base_url}: HTTP {exc.status_code}: {exc.message[:200]}")
+        return GenerationError(f"{self.base_url}: gave up after {self.retries + 1} attempts ({exc})")
 
     def _one(self, conv: Conversation, params: GenParams) -> str:
-        import requests
-        headers, body = self.headers(), self.body(conv, params)
-        last = "no attempt"
-        for attempt in range(self.retries + 1):
-            if attempt:
-                time.sleep(self.backoff * 2 ** (attempt - 1))
-            try:
-                r = requests.post(f"{self.base_url}/chat/completions", json=body, headers=headers,
-                                  timeout=self.timeout)
-            except (requests.ConnectionError, requests.Timeout) as exc:
-                last = f"{type(exc).__name__}: {exc}"
-                continue
-            if r.status_code == 429 or r.status_code >= 500:
-                last = f"HTTP {r.status_code}"
-                continue
-            if r.status_code >= 400:
-                raise GenerationError(f"{self.base_url}: HTTP {r.status_code}: {r.text[:200]}")
-            try:
-                return r.json()["choices"][0]["message"]["content"].strip()
-            except (ValueError, KeyError, IndexError) as exc:
-                last = f"malformed response ({exc})"
-        raise GenerationError(f"{self.base_url}: gave up after {self.retries + 1} attempts ({last})")
+        import openai
+        try:
+            r = self.client.chat.completions.create(**self.request(conv, params))
+        except openai.APIError as exc:
+            raise self.error(exc) from None
+        content = r.choices[0].message.content if r.choices else None
+        if content is None:
+            raise GenerationError(f"{self.base_url}: a reply without content")
+        return content.strip()
 
     def chat(self, conversations: list[Conversation], params: GenParams) -> list[str]:
         with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
@@ -186,28 +184,19 @@ class BackendChat:
         return self.http.chat(conversations, params)
 
     def stream(self, conv: Conversation, params: GenParams, stop=None):
-        import requests
+        import openai
         h = self.http
         try:
-            r = requests.post(f"{h.base_url}/chat/completions", json=h.body(conv, params, stream=True),
-                              headers=h.headers(), timeout=h.timeout, stream=True)
-        except (requests.ConnectionError, requests.Timeout) as exc:
-            raise GenerationError(f"{h.base_url}: {type(exc).__name__}: {exc}") from None
-        with r:
-            if r.status_code >= 400:
-                raise GenerationError(f"{h.base_url}: HTTP {r.status_code}: {r.text[:200]}")
-            for line in r.iter_lines(decode_unicode=True):
-                if not line or not line.startswith("data:"):
-                    continue
-                data = line[5:].strip()
-                if data == "[DONE]":
-                    break
-                try:
-                    delta = json.loads(data)["choices"][0].get("delta") or {}
-                except (ValueError, KeyError, IndexError):
-                    raise GenerationError(f"{h.base_url}: malformed stream event {data[:80]!r}") from None
-                if delta.get("content"):
-                    yield delta["content"]
+            events = h.client.chat.completions.create(**h.request(conv, params), stream=True)
+            with events:
+                for ev in events:
+                    if stop is not None and stop.is_set():
+                        break
+                    piece = ev.choices[0].delta.content if ev.choices and ev.choices[0].delta else None
+                    if piece:
+                        yield piece
+        except openai.APIError as exc:
+            raise h.error(exc) from None
 
     @staticmethod
     def count_tokens(text: str) -> int:

@@ -27,8 +27,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -36,7 +34,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 from pydantic import Field, field_validator
 
-from .cache import atomic_write_json, atomic_write_jsonl, read_json
+from .cache import atomic_dir, atomic_write_json, atomic_write_jsonl, read_json
 from .errors import TwinError, UsageError
 from .settings import Strict
 
@@ -171,10 +169,7 @@ class MemoryIndex:
     def save(self, folder: Path) -> Path:
         """Written into a temporary folder beside ``folder``, then moved into place."""
         folder = Path(folder)
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".tmp-memory-", dir=folder.parent))
-        tmp.chmod(0o755)
-        try:
+        with atomic_dir(folder) as tmp:
             atomic_write_jsonl(tmp / "entries.jsonl", self.entries)
             with open(tmp / "vectors.npy", "wb") as f:
                 np.save(f, self.vectors.astype(np.float32), allow_pickle=False)
@@ -188,12 +183,6 @@ class MemoryIndex:
                 "lexical": {"library": "bm25s", "version": _version("bm25s"), "stemmer": STEMMER,
                             "stopwords": STOPWORDS},
                 **self.info})
-            if folder.exists():
-                shutil.rmtree(folder)
-            tmp.rename(folder)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
         return folder
 
     @classmethod

@@ -21,7 +21,8 @@ from typing import Optional
 
 import numpy as np
 
-RATE = 16000
+from .audio import RATE
+
 VAD_WINDOW = 512      # the Silero VAD scores 32 ms windows at 16 kHz
 FRAME = 128           # 8 ms frames for the powers (four per VAD window)
 

@@ -1,8 +1,8 @@
 """The one registry of stages.
 
-Stage modules live in the ``stages`` package and register their class with
-``@register``. ``twin`` never imports a stage module by name: it imports the package,
-whose ``PIPELINE`` lists the modules in pipeline order.
+Stage modules live in the ``twin.stages`` package (the repository's ``stages/`` folder) and
+register their class with ``@register``. ``twin`` never imports a stage module by name: it
+imports the package, whose ``PIPELINE`` lists the modules in pipeline order.
 """
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from .stage import Stage
 
+STAGES = "twin.stages"
 _STAGES: dict[str, "Stage"] = {}
 _loaded = False
 
@@ -29,17 +30,17 @@ def _load() -> None:
     global _loaded
     if _loaded:
         return
-    pkg = importlib.import_module("stages")
+    pkg = importlib.import_module(STAGES)
     for mod in pkg.PIPELINE:
-        importlib.import_module(f"stages.{mod}")
+        importlib.import_module(f"{STAGES}.{mod}")
     _loaded = True
 
 
 def stages() -> list["Stage"]:
     """All stages in a topological order (declaration order, checked)."""
     _load()
-    pipeline = importlib.import_module("stages").PIPELINE
-    rank = {f"stages.{m}": i for i, m in enumerate(pipeline)}
+    pipeline = importlib.import_module(STAGES).PIPELINE
+    rank = {f"{STAGES}.{m}": i for i, m in enumerate(pipeline)}
     order: list[Stage] = []
     seen: set[str] = set()
     for st in sorted(_STAGES.values(), key=lambda s: rank.get(type(s).__module__, len(rank))):

@@ -10,7 +10,6 @@ from functools import lru_cache
 import numpy as np
 
 log = logging.getLogger("twin.speaker")
-RATE = 16000
 
 
 @lru_cache(maxsize=4)

@@ -21,7 +21,7 @@ from .progress import NullProgress, ProgressHook
 from .settings import Strict
 
 
-PROJECT_PACKAGES = ("twin", "stages")
+PROJECT_PACKAGES = ("twin",)        # twin.stages and twin.cli included
 
 
 def _imports(tree: ast.AST, module: str, is_package: bool, top_level_only: bool) -> list[tuple[str, tuple]]:
@@ -58,7 +58,7 @@ def _find(name: str):
 
 @functools.lru_cache(maxsize=None)
 def project_modules(module: str) -> dict[str, str]:
-    """``module`` and the project modules (``twin``, ``stages``) it imports, transitively: {name: file}.
+    """``module`` and the project modules (``twin``, ``twin.stages``) it imports, transitively: {name: file}.
 
     A package that is only the parent of an imported module (``twin`` for ``twin.cache``) counts
     with what runs when it is imported, not with the imports inside its functions."""

@@ -35,41 +35,52 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Optional, Sequence
+from typing import Callable, Iterable, Literal, Optional, Sequence, Union
 
 import numpy as np
+from pydantic import Field
 
-from .cache import atomic_write_json, read_json
+from .cache import atomic_dir, atomic_write_bytes, atomic_write_json, read_json, replace_dir
 from .errors import UsageError
 from .loading import load_base
+from .settings import Strict
 
 log = logging.getLogger("twin.training")
 IGNORE = -100
 
 
-@dataclass
-class TrainConfig:
-    rank: int = 16
-    alpha: int = 32
-    dropout: float = 0.05
-    target_modules: str | list[str] = "all-linear"
-    learning_rate: float = 2e-4
-    epochs: int = 3
-    batch_size: int = 8
-    gradient_accumulation: int = 1
-    max_length: int = 1024
-    packing: bool = True
-    gradient_checkpointing: bool = True
-    quantize_4bit: bool = False
-    warmup_ratio: float = 0.05
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    checkpoint_every: int = 25
-    eval_batch_size: int = 8
+class LoraSettings(Strict):
+    """The LoRA training settings, defined once: the train stage's settings extend them (adding the
+    steps, the device and the processes), and each step trains with a ``TrainConfig`` of them."""
+    rank: int = Field(16, ge=1, le=1024, description="LoRA rank")
+    alpha: int = Field(32, ge=1, description="LoRA alpha (scale = alpha / rank)")
+    dropout: float = Field(0.05, ge=0, lt=1, description="LoRA dropout")
+    target_modules: Union[Literal["all-linear"], list[str]] = Field(
+        "all-linear", description="modules that get LoRA: all-linear, or names such as [q_proj, v_proj]")
+    learning_rate: float = Field(2e-4, gt=0, lt=1, description="peak learning rate (warmup, then cosine)")
+    epochs: int = Field(3, ge=1, le=100, description="epochs per step; the best epoch by held-out loss is kept")
+    batch_size: int = Field(8, ge=1, le=1024, description="rows per batch (packed rows hold several samples)")
+    gradient_accumulation: int = Field(1, ge=1, le=1024, description="batches per optimizer step")
+    max_length: int = Field(1024, ge=32, le=131072, description="tokens per row; longer samples are truncated")
+    packing: bool = Field(True, description="pack short samples into rows of max_length (true) or length-grouped "
+                                            "padded batches (false)")
+    gradient_checkpointing: bool = Field(True, description="recompute activations in the backward pass "
+                                                           "(less memory, about a third more compute)")
+    quantize_4bit: bool = Field(False, description="QLoRA: the base in 4-bit NF4 (CUDA only; ignored on CPU)")
+    warmup_ratio: float = Field(0.05, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float = Field(1.0, ge=0, description="gradient clipping; 0 disables")
+    checkpoint_every: int = Field(25, ge=0, description="optimizer steps between resumable checkpoints "
+                                                        "(0: at epoch ends only)")
+
+
+class TrainConfig(LoraSettings):
+    """One training step's settings: the LoRA settings as that step uses them, and the seed."""
+    eval_batch_size: int = Field(8, ge=1)
     seed: int = 0
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        return self.model_dump(mode="json")
 
 
 # ----------------------------------------------------------------- tokenisation
@@ -249,23 +260,21 @@ def trainable_state(model) -> dict:
 
 def save_adapter(model, adapter: str, target: Path, base_id: str, revision: Optional[str]) -> Path:
     """A standard PEFT folder (adapter_config.json + adapter_model.safetensors) for one adapter, atomically."""
-    tmp = target.with_name(f".tmp-{target.name}-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(str(tmp), selected_adapters=[adapter], safe_serialization=True,
-                          save_embedding_layers=False)   # embeddings are never trained; no hub lookup
-    src = tmp if adapter == "default" else tmp / adapter
-    cfg_path = src / "adapter_config.json"
-    cfg = json.loads(cfg_path.read_text())
-    cfg["base_model_name_or_path"] = base_id
-    cfg["revision"] = revision
-    for key in ("target_modules", "exclude_modules"):      # sets in peft: their order follows the hash seed
-        if isinstance(cfg.get(key), list):
-            cfg[key] = sorted(cfg[key])
-    cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
-    if target.exists():
-        shutil.rmtree(target)
-    os.replace(src, target)
-    shutil.rmtree(tmp, ignore_errors=True)
+    with atomic_dir(target) as tmp:
+        model.save_pretrained(str(tmp), selected_adapters=[adapter], safe_serialization=True,
+                              save_embedding_layers=False)   # embeddings are never trained; no hub lookup
+        if adapter != "default":        # peft writes a named adapter into a subfolder
+            for f in (tmp / adapter).iterdir():
+                os.replace(f, tmp / f.name)
+            (tmp / adapter).rmdir()
+        cfg_path = tmp / "adapter_config.json"
+        cfg = json.loads(cfg_path.read_text())
+        cfg["base_model_name_or_path"] = base_id
+        cfg["revision"] = revision
+        for key in ("target_modules", "exclude_modules"):      # sets in peft: their order follows the hash seed
+            if isinstance(cfg.get(key), list):
+                cfg[key] = sorted(cfg[key])
+        cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
     return target
 
 
@@ -310,12 +319,8 @@ def _write_checkpoint(ckpt_dir: Path, model, optimizer, state: dict) -> None:
     save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     atomic_write_json(tmp / "state.json", state)
-    old = ckpt_dir.with_name(ckpt_dir.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if ckpt_dir.exists():
-        os.replace(ckpt_dir, old)
-    os.replace(tmp, ckpt_dir)
-    shutil.rmtree(old, ignore_errors=True)
+    # the previous checkpoint stays readable as <name>.old until the new one is in place (_read_checkpoint)
+    replace_dir(tmp, ckpt_dir, old=ckpt_dir.with_name(ckpt_dir.name + ".old"))
 
 
 def _read_checkpoint(ckpt_dir: Path, model, optimizer) -> Optional[dict]:
@@ -469,9 +474,8 @@ def load_best_weights(model, adapter_dir: Path, adapter: str) -> None:
 
 def plot_curves(results: Iterable[StepResult], path: Path) -> None:
     """Training loss per step and held-out loss per epoch, one panel per adapter, as a PNG."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from .plots import png, pyplot
+    plt = pyplot()
     results = list(results)
     fig, axes = plt.subplots(1, len(results), figsize=(5.5 * len(results), 3.6), squeeze=False)
     for ax, r in zip(axes[0], results):
@@ -488,11 +492,7 @@ def plot_curves(results: Iterable[StepResult], path: Path) -> None:
         ax.set_xlabel("epoch")
         ax.set_ylabel("loss per assistant token")
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    tmp = path.with_name(".tmp-" + path.name)
-    fig.savefig(tmp, dpi=110, metadata={"Software": None})
-    plt.close(fig)
-    os.replace(tmp, path)
+    atomic_write_bytes(path, png(fig, dpi=110))
 
 
 # ----------------------------------------------------------------- several processes (accelerate launch)

@@ -23,6 +23,7 @@ import socket
 import time
 from pathlib import Path
 
+from .cache import replace_dir
 from .errors import BusyError
 
 
@@ -38,17 +39,7 @@ class Workspace:
 
     def publish(self, name: str, built: Path) -> Path:
         """Replace ``<stage>/`` with the complete folder ``built`` (renames only)."""
-        final = self.stage_dir(name)
-        trash = self.root / ".trash"
-        trash.mkdir(parents=True, exist_ok=True)
-        if final.exists():
-            old = trash / f"{name}-{time.time_ns()}"
-            os.replace(final, old)
-            os.replace(built, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(built, final)
-        return final
+        return replace_dir(built, self.stage_dir(name), old=self.root / ".trash" / f"{name}-{time.time_ns()}")
 
     def remove_stage(self, name: str) -> bool:
         removed = False
