@@ -170,7 +170,7 @@ class Evaluate(Stage):
         train = ctx.input("train")
         tm = read_json(train / "metrics.json")
         m = ctx.models["base_model"]
-        source, revision = materialize_base(m.location, ctx.cache.parent / "models")
+        source, revision = materialize_base(m.location)
         lm = TwinLM(source, [train / "adapters" / a for a in tm["stack"]], revision=revision,
                     batch_size=s.batch_size, token=hub_token(spec))
         params = GenParams(max_new_tokens=s.max_new_tokens)

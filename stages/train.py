@@ -103,7 +103,7 @@ class Train(Stage):
         torch.use_deterministic_algorithms(True, warn_only=True)
         dev = pick_device(None if s.device == "auto" else s.device)
         m = ctx.models["base_model"]
-        source, revision = materialize_base(m.location, ctx.cache.parent / "models")
+        source, revision = materialize_base(m.location)
         base = base_record(m, source, revision)
         tok, model = load_base(source, revision, dev, s.quantize_4bit, token=hub_token(ctx.spec))
         if s.gradient_checkpointing:

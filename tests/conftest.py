@@ -12,11 +12,44 @@ DEMO = ROOT / "persona_specs" / "demo"
 TWIN = str(Path(sys.executable).parent / "twin")
 
 
-def run_twin(*args, cwd=None, timeout=600, env=None):
-    """Run the installed `twin` command; returns the CompletedProcess."""
-    full_env = {**os.environ, **(env or {})}
-    return subprocess.run([TWIN, *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=timeout,
-                          env=full_env)
+def run_twin(*args, cwd=None, timeout=600, env=None, process=False):
+    """Run `twin ARGS` and return (returncode, stdout, stderr) like a CompletedProcess.
+
+    In this process by default (click's CliRunner: the same command code, without paying a cold
+    interpreter and torch import per call); ``process=True`` runs the installed `twin` executable,
+    as the README's commands do — for the smoke tests, and for what needs its own process (worker
+    pools, Ray, servers)."""
+    if process:
+        full_env = {**os.environ, **(env or {})}
+        return subprocess.run([TWIN, *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                              env=full_env)
+    return _run_in_process([str(a) for a in args], cwd, env)
+
+
+def _run_in_process(args, cwd, env):
+    import logging
+    import traceback
+    from types import SimpleNamespace
+
+    from click.testing import CliRunner
+
+    from twin.cli import main
+    logger = logging.getLogger("twin")
+    handlers, level = logger.handlers[:], logger.level
+    old_cwd = os.getcwd()
+    try:
+        if cwd:
+            os.chdir(cwd)
+        result = CliRunner().invoke(main, args, env=env, prog_name="twin")
+    finally:
+        os.chdir(old_cwd)
+        logger.handlers[:] = handlers      # the command pointed them at the runner's captured streams
+        logger.setLevel(level)
+    stderr = result.stderr
+    if result.exc_info and not isinstance(result.exception, SystemExit):
+        # what the interpreter prints for an uncaught exception (exit status 1)
+        stderr += "".join(traceback.format_exception(*result.exc_info))
+    return SimpleNamespace(returncode=result.exit_code, stdout=result.stdout, stderr=stderr, args=args)
 
 
 def sine_wav(path: Path, seconds: float = 2.0, freq: float = 440.0, rate: int = 16000) -> Path:
@@ -75,7 +108,7 @@ consent: {basis: self, evidence: "test"}
 def demo_build(tmp_path_factory):
     """The demo persona built once with the README's command (`twin build`), in a fresh workspace."""
     ws = tmp_path_factory.mktemp("demo") / "ws"
-    result = run_twin("build", ROOT / "persona_specs" / "demo.yaml", "--workspace", ws, timeout=2700)
+    result = run_twin("build", ROOT / "persona_specs" / "demo.yaml", "--workspace", ws, timeout=2700, process=True)
     return ws, result
 
 

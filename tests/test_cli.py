@@ -22,7 +22,7 @@ def test_help_is_fast_and_imports_no_heavy_libraries():
 
 def test_unknown_stage_and_bad_options_are_usage_errors():
     spec = ROOT / "persona_specs" / "demo.yaml"
-    out = run_twin("build", spec, "--until", "teleport", "--workspace", "/tmp/twin-never")
+    out = run_twin("build", spec, "--until", "teleport", "--workspace", "/tmp/twin-never", process=True)   # the real executable
     assert out.returncode == 2 and "unknown stage 'teleport'" in out.stderr
     assert run_twin("build", spec, "--workers", "0").returncode == 2
 

@@ -257,7 +257,8 @@ def test_adhoc_fetch_cli(tmp_path, server):
                       '"full_text": "RT @someone: not mine"}}]')
     table = tmp_path / "export.csv"
     table.write_text("post_id,body\n7,Steady tides everyone.\n8,\n")
-    res = run_twin("fetch", f"{server.url}/media/enroll.ogg", str(tweets), str(DEMO / "bio.md"), "--out", out_dir)
+    res = run_twin("fetch", f"{server.url}/media/enroll.ogg", str(tweets), str(DEMO / "bio.md"), "--out", out_dir,
+                   process=True)
     assert res.returncode == 0, res.stderr
     prov = read_jsonl(out_dir / "provenance.jsonl")
     assert [r["status"] for r in prov] == ["ok", "ok", "ok"]

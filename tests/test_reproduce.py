@@ -24,11 +24,11 @@ def test_ray_and_local_builds_of_the_demo_are_identical(tmp_path):
     assert "demo/enroll.ogg\n    - demo/panel.ogg" in text
     spec.write_text(text + "threads: 1\n")
     out = run_twin("build", spec, "--until", "memory_data", "--workers", "2", "--workspace", tmp_path / "ws-local",
-                   timeout=1200)
+                   timeout=1200, process=True)
     assert out.returncode == 0, out.stderr
     # actors: long-lived workers holding their loaded models (what GPU clusters use)
     out = run_twin("build", spec, "--until", "memory_data", "--workers", "2", "--executor", "ray", "--ray-mode",
-                   "actors", "--workspace", tmp_path / "ws-ray", timeout=1200)
+                   "actors", "--workspace", tmp_path / "ws-ray", timeout=1200, process=True)
     assert out.returncode == 0, out.stderr
     for st in VOICE_STAGES + ("style_data", "memory_data"):
         local, ray = read_manifest(tmp_path / "ws-local" / st), read_manifest(tmp_path / "ws-ray" / st)
@@ -59,7 +59,7 @@ def test_llm_generation_runs_on_ray_with_the_same_replies(tmp_path, tiny_model):
     out = run_twin("build", spec, "--until", "memory_data")
     assert out.returncode == 0, out.stderr
     out = run_twin("build", spec, "--until", "memory_data", "--workers", "2", "--executor", "ray",
-                   "--workspace", tmp_path / "ws-ray", timeout=900)
+                   "--workspace", tmp_path / "ws-ray", timeout=900, process=True)
     assert out.returncode == 0, out.stderr
     local, ray = read_manifest(tmp_path / "ws-local" / "memory_data"), read_manifest(tmp_path / "ws-ray" / "memory_data")
     assert ray["executor"]["name"] == "ray" and local["executor"]["name"] != "ray"

@@ -132,7 +132,7 @@ def test_kill9_mid_stage_resumes_to_identical_outputs(spec_dir, tmp_path):
 def test_two_workers_give_the_same_outputs_as_one(spec_dir, tmp_path):
     spec = many_audio_spec(spec_dir, 6, seconds=5)
     one = run_twin("build", spec, "--workspace", tmp_path / "w1", "--until", "fetch")
-    two = run_twin("build", spec, "--workspace", tmp_path / "w2", "--workers", "2", "--until", "fetch")
+    two = run_twin("build", spec, "--workspace", tmp_path / "w2", "--workers", "2", "--until", "fetch", process=True)
     assert one.returncode == 0 and two.returncode == 0, two.stderr
     m1, m2 = read_manifest(tmp_path / "w1" / "fetch"), read_manifest(tmp_path / "w2" / "fetch")
     assert m1["output_hash"] == m2["output_hash"]

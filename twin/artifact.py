@@ -252,7 +252,6 @@ def resolve_base(manifest: dict, base: Optional[str] = None, cache_dir: Optional
     """Where to load the artifact's base model from: ``base`` if given, else what the manifest names."""
     from .loading import materialize_base
     b = manifest["base_model"]
-    cache_dir = Path(cache_dir or Path.home() / ".cache" / "twin" / "models")
     if base:
         return materialize_base(str(base), cache_dir)
     if b["kind"] == "hub":

@@ -53,7 +53,7 @@ class TransformersLLM:
                  batch_size: int = 8, model_id: Optional[str] = None):
         self.ref = ref
         self.batch_size = batch_size
-        self.cache_dir = Path(cache_dir or Path.home() / ".cache" / "twin" / "models")
+        self.cache_dir = Path(cache_dir) if cache_dir else None     # None: the machine's model cache
         self.model_id = model_id or ref
         self._device = device
         self._model = None
@@ -253,7 +253,7 @@ def make_llm(ref: str, *, cache_dir: Path, device: Optional[str] = None, batch_s
             import transformers  # noqa: F401
         except ImportError as exc:
             raise MissingDependency("transformers is not installed (pip install 'transformers<5')") from exc
-        backend = TransformersLLM(ref, device=device, cache_dir=cache_dir / "models", batch_size=batch_size)
+        backend = TransformersLLM(ref, device=device, batch_size=batch_size)
     return CachedLLM(backend, cache_dir / "calls")
 
 

@@ -18,6 +18,14 @@ from .errors import UsageError
 log = logging.getLogger("twin.loading")
 
 
+def model_cache() -> Path:
+    """The one folder for models twin converts (GGUF → safetensors), shared by every workspace, test
+    and server on the machine: ``$TWIN_CACHE/models``, else ``$XDG_CACHE_HOME/twin/models``, else
+    ``~/.cache/twin/models``. Entries are named by the source file's hash, so sharing is safe."""
+    root = os.environ.get("TWIN_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "twin"
+    return Path(root) / "models"
+
+
 def gguf_to_safetensors(gguf: Path, cache_dir: Path) -> Path:
     """Convert a GGUF checkpoint once into a transformers folder (safetensors) under ``cache_dir``."""
     target = cache_dir / f"{gguf.stem}-{hash_file(gguf)[:12]}"
@@ -46,11 +54,12 @@ def split_revision(ref: str) -> tuple[str, Optional[str]]:
     return ref, None
 
 
-def materialize_base(location: str, cache_dir: Path) -> tuple[str, Optional[str]]:
-    """A folder or hub id transformers can load (a GGUF file is converted once to safetensors)."""
+def materialize_base(location: str, cache_dir: Optional[Path] = None) -> tuple[str, Optional[str]]:
+    """A folder or hub id transformers can load (a GGUF file is converted once to safetensors, into
+    ``cache_dir`` or the machine's :func:`model_cache`)."""
     path = Path(location)
     if path.suffix == ".gguf" and path.is_file():
-        return str(gguf_to_safetensors(path, cache_dir)), None
+        return str(gguf_to_safetensors(path, Path(cache_dir) if cache_dir else model_cache())), None
     return split_revision(location)
 
 
