@@ -231,14 +231,15 @@ def clean(spec, stage, workspace):
 @click.option("--opt-out", type=click.Path(dir_okay=False, exists=True), help="opt-out list, one entry per line")
 @click.option("--consent", type=click.Choice(CONSENT_BASES), default="self", show_default=True,
               help="the basis on which you fetch this person's material")
+@click.option("--allow-local", is_flag=True, help="allow loopback and private addresses (refused by default)")
 @click.pass_context
-def fetch_cmd(ctx, inputs, kind, out, sample_rate, max_items, cookies, opt_out, consent):
+def fetch_cmd(ctx, inputs, kind, out, sample_rate, max_items, cookies, opt_out, consent, allow_local):
     """Fetch URLs or files into OUT without a spec (provenance.jsonl, WAV, text); a later fetch into
     the same OUT adds to it."""
     from twin import adhoc
     with _progress(ctx) as progress:
         counts = adhoc.fetch(list(inputs), out, kind={"video": "videos"}.get(kind, kind), opt_out_file=opt_out,
-                             consent=consent, progress=progress, sample_rate=sample_rate,
+                             consent=consent, allow_local=allow_local, progress=progress, sample_rate=sample_rate,
                              max_items_per_source=max_items, cookies=str(Path(cookies).resolve()) if cookies else None)
     click.echo(f"fetched {counts['videos']} audio, {counts['posts']} posts, {counts['facts_documents']} fact "
                f"documents; {counts['failed']} failed → {Path(out) / 'provenance.jsonl'}")

@@ -31,6 +31,7 @@ from pydantic import Field
 from twin.cache import (atomic_copy, atomic_write_json, atomic_write_jsonl, atomic_write_text, hash_file,
                         read_json, read_jsonl)
 from twin.errors import StageError, UsageError
+from twin.net import guarded
 from twin.registry import register
 from twin.spec import Strict, is_local_url
 from twin.stage import Stage
@@ -340,6 +341,7 @@ def _fetch_url_media(item: dict, params: dict) -> list[dict]:
     return records
 
 
+@guarded
 def fetch_video(item: dict, params: dict) -> dict:
     """One video source (a file, a URL, a playlist or a channel) → audio records."""
     if item["location"].startswith(("http://", "https://")):
@@ -477,6 +479,7 @@ def _detect_post_format(src: dict, text: str, loc: str) -> str:
     return "text"
 
 
+@guarded
 def fetch_posts(item: dict, params: dict) -> dict:
     src = item["source"]
     loc = item["location"]
@@ -604,6 +607,7 @@ def split_sections(markdown: str) -> list[dict]:
     return sections
 
 
+@guarded
 def fetch_facts(item: dict, params: dict) -> dict:
     src = item["source"]
     loc = item["location"]
@@ -643,6 +647,7 @@ def fetch_facts(item: dict, params: dict) -> dict:
     return {"records": [rec], "facts": [fact]}
 
 
+# every fetcher runs under the public-address guard (twin.net.public_only) unless sources.allow_local
 FETCHERS = {"videos": fetch_video, "posts": fetch_posts, "facts": fetch_facts}
 
 
@@ -792,13 +797,13 @@ class Fetch(Stage):
             out.setdefault(r["source"], {})[lock_key(r)] = r["sha256"]
         return out
 
-    def params(self, settings, out: Path, cache: Path, opt_out: dict) -> dict:
+    def params(self, settings, out: Path, cache: Path, opt_out: dict, allow_local: bool = False) -> dict:
         from twin.net import USER_AGENT
         return {"out": str(out), "cache": str(cache), "sample_rate": settings.sample_rate,
                 "max_items": settings.max_items_per_source, "retries": settings.retries,
                 "min_interval": settings.min_interval, "rate_limit": settings.rate_limit,
                 "cookies": settings.cookies, "subtitles": settings.subtitles, "opt_out": opt_out,
-                "user_agent": USER_AGENT}
+                "user_agent": USER_AGENT, "allow_local": allow_local}
 
     def run(self, ctx) -> dict:
         spec = ctx.spec
@@ -818,11 +823,15 @@ class Fetch(Stage):
             if src.get("url") and is_local_url(src["url"]) and not spec.sources.allow_local:
                 raise StageError(self.name, f"sources.{kind}[{i}]: local address needs sources.allow_local")
         items = make_items(sources, spec.base_dir)
-        params = self.params(settings, ctx.out, ctx.cache, opt)
+        params = self.params(settings, ctx.out, ctx.cache, opt, spec.sources.allow_local)
         if settings.locked:
             params["locked"] = self.locked_inputs(spec)
         counts, failures = collect(ctx.map, items, params, ctx.out)
         ctx.failures[:] = failures  # every failure once, as recorded in provenance.jsonl
+        for f in failures[:10]:     # on the console too, not only in provenance.jsonl
+            log.warning("fetch failed: %s: %s", f["item"], f["reason"])
+        if len(failures) > 10:
+            log.warning("... and %d more failures (provenance.jsonl)", len(failures) - 10)
         for rec in read_jsonl(ctx.out / "provenance.jsonl"):
             if rec.get("bad_lines"):
                 first = rec["bad_lines"][0]

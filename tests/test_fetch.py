@@ -43,7 +43,7 @@ FEED = """<?xml version="1.0"?><rss version="2.0"><channel><title>Tide notes</ti
 
 
 class Server:
-    def __init__(self):
+    def __init__(self, host: str = "127.0.0.1"):
         self.hits = Counter()
         self.routes = {}
         server = self
@@ -59,6 +59,12 @@ class Server:
                     self.send_error(404, "Not Found")
                     return
                 ctype, body = server.routes[path]
+                if ctype == "redirect":
+                    self.send_response(302)
+                    self.send_header("Location", body)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 if callable(body):
                     body = body(self.path)
                 self.send_response(200)
@@ -74,8 +80,8 @@ class Server:
             def do_HEAD(self):
                 self._serve(False)
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.httpd = ThreadingHTTPServer((host, 0), Handler)
+        self.url = f"http://{host}:{self.httpd.server_address[1]}"
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self.thread.start()
 
@@ -257,8 +263,12 @@ def test_adhoc_fetch_cli(tmp_path, server):
                       '"full_text": "RT @someone: not mine"}}]')
     table = tmp_path / "export.csv"
     table.write_text("post_id,body\n7,Steady tides everyone.\n8,\n")
+    # a loopback address only with --allow-local
+    res = run_twin("fetch", f"{server.url}/media/enroll.ogg", "--out", out_dir)
+    assert res.returncode == 2 and "a loopback or private address; add --allow-local" in res.stderr, res.stderr
+    assert server.media_gets() == 0 and not out_dir.exists()
     res = run_twin("fetch", f"{server.url}/media/enroll.ogg", str(tweets), str(DEMO / "bio.md"), "--out", out_dir,
-                   process=True)
+                   "--allow-local", process=True)
     assert res.returncode == 0, res.stderr
     prov = read_jsonl(out_dir / "provenance.jsonl")
     assert [r["status"] for r in prov] == ["ok", "ok", "ok"]
@@ -354,3 +364,69 @@ def test_a_malformed_jsonl_line_is_skipped_and_named_not_the_whole_file(tmp_path
     out = run_twin("build", tmp_path / "s.yaml", "--until", "fetch")
     assert out.returncode == 1 and "nothing usable" in out.stderr
     assert len(read_jsonl(tmp_path / "ws" / "fetch" / "posts.jsonl")) == 4
+
+
+@pytest.mark.parametrize("host", ["2130706433", "0x7f000001", "0177.0.0.1", "127.1", "'[::ffff:127.0.0.1]'",
+                                  "169.254.169.254", "10.1.2.3"])
+def test_private_addresses_in_any_notation_are_refused_at_validation(spec_dir, host):
+    """Decimal, hex, octal, short and IPv4-mapped IPv6 forms of private addresses are what resolvers
+    read them as: refused without sources.allow_local, naming the source."""
+    url = f"http://{host.strip(chr(39))}:8000/page.html"
+    spec = spec_dir / "s.yaml"
+    spec.write_text("id: web-person\nname: X\nconsent: {basis: self, evidence: t}\nworkspace: ws\n"
+                    f"sources:\n  facts: ['{url}']\n")
+    out = run_twin("validate", spec)
+    assert out.returncode == 2 and "facts[0]" in out.stderr and "local or private address" in out.stderr, out.stderr
+
+
+def _public_spec(spec_dir, facts: list[str], videos: list[str] = ()) -> Path:
+    spec = spec_dir / "s.yaml"
+    spec.write_text("id: web-person\nname: X\nconsent: {basis: self, evidence: t}\nworkspace: ws\nsources:\n"
+                    "  posts: [demo/posts.jsonl]\n" + f"  facts: {json.dumps(facts)}\n"
+                    + (f"  videos: {json.dumps(list(videos))}\n" if videos else ""))
+    return spec
+
+
+def test_a_name_resolving_to_a_private_address_is_not_fetched(spec_dir, server, monkeypatch):
+    """The check is on the resolved address: a public-looking name whose DNS answer is the loopback is
+    refused when the connection is made (the resolver is stubbed; the server is on 127.0.0.1)."""
+    import twin.net as net
+    from twin.runner import Runner
+    real = net._real_getaddrinfo
+
+    def resolver(host, *a, **k):
+        return real("127.0.0.1" if host in ("public.test", b"public.test") else host, *a, **k)
+    monkeypatch.setattr(net, "_real_getaddrinfo", resolver)
+    port = server.url.rsplit(":", 1)[1]
+    Runner(load_spec(_public_spec(spec_dir, [f"http://public.test:{port}/news/prize.html"]))).build(until="fetch")
+    prov = read_jsonl(spec_dir / "ws" / "fetch" / "provenance.jsonl")
+    refused = next(r for r in prov if r["kind"] == "facts")
+    assert refused["status"] == "failed" and "public.test is 127.0.0.1, a loopback" in refused["reason"], refused
+    assert server.hits[("GET", "/news/prize.html")] == 0
+    assert any(r["kind"] == "posts" and r["status"] == "ok" for r in prov)        # the good source is kept
+
+
+def test_a_redirect_to_a_private_address_is_not_followed(spec_dir, server, monkeypatch, caplog):
+    """A public URL that redirects to a private host, for pages (requests) and media (yt-dlp). This test
+    counts 127.0.0.1 as public; the redirect's target on 127.0.0.2 stays private."""
+    import twin.net as net
+    from twin.runner import Runner
+    private = Server("127.0.0.2")
+    try:
+        private.routes["/secret.html"] = ("text/html", b"<html><body><p>Tamsin Vell keeps secrets.</p></body></html>")
+        private.routes["/media/secret.ogg"] = ("audio/ogg", (DEMO / "enroll.ogg").read_bytes())
+        server.routes["/go.html"] = ("redirect", f"{private.url}/secret.html")
+        server.routes["/media/go.ogg"] = ("redirect", f"{private.url}/media/secret.ogg")
+        public = net.public_address
+        monkeypatch.setattr(net, "public_address", lambda ip: ip == "127.0.0.1" or public(ip))
+        spec = _public_spec(spec_dir, [f"{server.url}/go.html"], [f"{server.url}/media/go.ogg"])
+        Runner(load_spec(spec)).build(until="fetch")
+        prov = read_jsonl(spec_dir / "ws" / "fetch" / "provenance.jsonl")
+        for kind in ("facts", "videos"):
+            rec = next(r for r in prov if r["kind"] == kind)
+            assert rec["status"] == "failed" and "127.0.0.2, a loopback" in rec["reason"], rec
+        assert server.hits[("GET", "/go.html")] == 1 and not private.hits, private.hits
+        # and the console says why, not only provenance.jsonl
+        assert "fetch failed" in caplog.text and "127.0.0.2, a loopback" in caplog.text
+    finally:
+        private.close()

@@ -32,20 +32,26 @@ def guess_kind(loc: str) -> str:
 
 
 def fetch(inputs: list[str], out: str | Path, kind: Optional[str] = None, opt_out_file: Optional[str] = None,
-          consent: str = "self", progress=None, **settings) -> dict:
+          consent: str = "self", allow_local: bool = False, progress=None, **settings) -> dict:
     """`twin fetch`: the fetch stage, through the runner, on URLs and files named on the command line.
 
     The build lives in ``OUT/.twin-fetch/`` (its spec, workspace and download cache); its outputs are
     then added to OUT, so a second fetch into the same folder adds to what is there and never loses
     it. A run where nothing was usable still leaves its provenance (every failure with its reason).
-    Returns this run's counts and, under ``in_folder``, the folder's."""
+    Loopback and private addresses are refused unless ``allow_local`` (as in a spec). Returns this
+    run's counts, its failures and, under ``in_folder``, the folder's counts."""
     from .cache import read_json
     from .runner import Runner
+    from .spec import is_local_url
     if not inputs:
         raise UsageError("twin fetch: name at least one URL or file")
     for loc in inputs:
         if "://" not in loc and not Path(loc).exists():
             raise UsageError(f"{loc}: no such file (give a local file or an http(s) URL)")
+        if "://" in loc and urlparse(loc).scheme not in ("http", "https"):
+            raise UsageError(f"{loc}: only http(s) URLs and local files can be fetched")
+        if "://" in loc and is_local_url(loc) and not allow_local:
+            raise UsageError(f"{loc}: a loopback or private address; add --allow-local to fetch it")
     out = Path(out)
     sources: dict[str, list] = {"videos": [], "posts": [], "facts": []}
     for loc in inputs:
@@ -53,8 +59,7 @@ def fetch(inputs: list[str], out: str | Path, kind: Optional[str] = None, opt_ou
     doc = {"id": "adhoc-fetch", "name": "ad-hoc fetch", "profile": "embedded", "workspace": "ws",
            "consent": {"basis": consent, "evidence": f"stated on the command line (fetch --consent {consent}); "
                                                      "no twin artifact is built from this run"},
-           # the addresses were typed on the command line by the user, local ones included
-           "sources": {**{k: v for k, v in sources.items() if v}, "allow_local": True},
+           "sources": {**{k: v for k, v in sources.items() if v}, "allow_local": allow_local},
            "stages": {"fetch": {**{k: v for k, v in settings.items() if v is not None}, "fail_when_empty": False}}}
     if opt_out_file:
         doc["opt_out"] = {"file": str(Path(opt_out_file).resolve())}
@@ -62,8 +67,8 @@ def fetch(inputs: list[str], out: str | Path, kind: Optional[str] = None, opt_ou
     runner = Runner(spec, progress=progress)
     runner.build(until="fetch")
     built = runner.ws.root / "fetch"
-    counts = read_json(built / "_manifest.json")["counts"]
-    return {**counts, "in_folder": merge_fetched(built, out)}
+    manifest = read_json(built / "_manifest.json")
+    return {**manifest["counts"], "failures": manifest["failures"], "in_folder": merge_fetched(built, out)}
 
 
 def merge_fetched(new: Path, out: Path) -> dict:

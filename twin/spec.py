@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import ipaddress
+import socket
 import json
 import re
 from pathlib import Path
@@ -127,7 +128,10 @@ class Sources(Strict):
 
 
 def is_local_url(url: str) -> bool:
-    """True for file:// URLs and hosts that are loopback, private or link-local addresses."""
+    """True for file:// URLs, local names, and hosts written as a non-public address in any notation
+    resolvers accept (dotted, decimal, hex, octal, IPv6, IPv4-mapped IPv6). A name is judged by what
+    it resolves to when it is fetched (twin.net.public_only), not here."""
+    from .net import public_address
     parsed = urlparse(url)
     if parsed.scheme == "file":
         return True
@@ -135,10 +139,13 @@ def is_local_url(url: str) -> bool:
     if host in ("localhost", "") or host.endswith(".localhost") or host.endswith(".local"):
         return True
     try:
-        ip = ipaddress.ip_address(host)
+        ip = str(ipaddress.ip_address(host))
     except ValueError:
-        return False
-    return ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_reserved
+        try:
+            ip = socket.inet_ntoa(socket.inet_aton(host))    # 167838211, 0x0a010203, 012.1.2.3, 10.1
+        except OSError:
+            return False
+    return not public_address(ip)
 
 
 class OptOut(Strict):
