@@ -53,6 +53,9 @@ class Settings(Strict):
     cookies: Optional[str] = Field(None, description="a Netscape cookies file for sites that need a login")
     subtitles: bool = Field(True, description="keep manual subtitles when a video has them")
     strict: bool = Field(False, description="fail the stage when any item fails (default: only when none works)")
+    max_media_mb: float = Field(2048, gt=0, description="largest media file downloaded or read (MiB); larger "
+                                                          "ones are skipped with that reason")
+    max_text_mb: float = Field(50, gt=0, description="largest text file or page read (MiB)")
     fail_when_empty: bool = Field(True, description="fail the stage when nothing usable was fetched (`twin fetch` "
                                                     "keeps the records of such a run and exits 1 itself)")
     locked: bool = Field(False, description="fetch exactly the items of the spec's committed lock file "
@@ -155,8 +158,13 @@ def _duration_ok(duration: float, src: dict) -> Optional[str]:
 
 def _fetch_local_media(item: dict, params: dict) -> list[dict]:
     path = _local_path(item)
+    if path.is_dir():
+        return [_record(item, status="failed", reason=f"{path} is a folder, not a media file")]
     if not path.is_file():
         return [_record(item, status="failed", reason=f"file not found: {path}")]
+    if path.stat().st_size > params["max_media_bytes"]:
+        return [_record(item, status="skipped", reason=f"{_size(path.stat().st_size)}, over "
+                        f"stages.fetch.max_media_mb ({_size(params['max_media_bytes'])})")]
     raw_hash = hash_file(path)
     try:
         rec = _audio_item(item, params, path, {"title": path.stem, "raw_sha256": raw_hash, "local": True})
@@ -214,6 +222,7 @@ def _ytdlp_options(item: dict, params: dict, cache: Path) -> dict:
         "noplaylist": False,
         "socket_timeout": 30,
         "http_headers": {"User-Agent": params["user_agent"]},
+        "max_filesize": params["max_media_bytes"],
     }
     if params.get("rate_limit"):
         from yt_dlp.utils import parse_bytes
@@ -351,15 +360,26 @@ def fetch_video(item: dict, params: dict) -> dict:
 
 # ----------------------------------------------------------------- text helpers
 
+def _size(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n / 1024:.0f} KiB"
+
+
 def _read_text_source(item: dict, params: dict) -> tuple[str, Optional[str], Optional[str], Optional[str]]:
     """(text, final_url, content_type, retrieved_at) of a file or URL."""
     from twin.net import get
     loc = item["location"]
     if loc.startswith(("http://", "https://")):
-        r = get(loc, retries=params["retries"], min_interval=params["min_interval"])
+        r = get(loc, retries=params["retries"], min_interval=params["min_interval"],
+                max_bytes=params["max_text_bytes"])
         return r.text, r.url, r.content_type, _now()
+    from twin.text import decode_text
     path = _local_path(item)
-    return path.read_text(encoding="utf-8", errors="replace"), None, None, None
+    if path.is_dir():
+        raise UsageError(f"{path}: a folder, not a file; name the text file in it")
+    size = path.stat().st_size
+    if size > params["max_text_bytes"]:
+        raise UsageError(f"{path}: {_size(size)}, over stages.fetch.max_text_mb ({_size(params['max_text_bytes'])})")
+    return decode_text(path.read_bytes(), str(path))[0], None, None, None
 
 
 def html_to_markdown(html: str, url: Optional[str] = None) -> tuple[str, Optional[str]]:
@@ -803,7 +823,8 @@ class Fetch(Stage):
                 "max_items": settings.max_items_per_source, "retries": settings.retries,
                 "min_interval": settings.min_interval, "rate_limit": settings.rate_limit,
                 "cookies": settings.cookies, "subtitles": settings.subtitles, "opt_out": opt_out,
-                "user_agent": USER_AGENT, "allow_local": allow_local}
+                "user_agent": USER_AGENT, "allow_local": allow_local,
+                "max_media_bytes": int(settings.max_media_mb * 2**20), "max_text_bytes": int(settings.max_text_mb * 2**20)}
 
     def run(self, ctx) -> dict:
         spec = ctx.spec

@@ -430,3 +430,45 @@ def test_a_redirect_to_a_private_address_is_not_followed(spec_dir, server, monke
         assert "fetch failed" in caplog.text and "127.0.0.2, a loopback" in caplog.text
     finally:
         private.close()
+
+
+def test_text_is_decoded_by_its_encoding_and_binary_is_refused(spec_dir):
+    """Latin-1 facts keep their accents (no replacement characters); a binary file given as posts or
+    facts fails with "not text" while the good sources are kept; a folder named as a file says so."""
+    (spec_dir / "bio-latin1.md").write_bytes("# Tamsin Vell\n\nTamsin Vell runs a café at Ardley Bay and sells "
+                                             "crème fraîche made with kelp salt.\n".encode("latin-1"))
+    (spec_dir / "blob.bin").write_bytes((DEMO / "enroll.ogg").read_bytes()[:20000])
+    (spec_dir / "a-folder.md").mkdir()
+    spec = spec_dir / "s.yaml"
+    spec.write_text("id: web-person\nname: Tamsin Vell\nconsent: {basis: self, evidence: t}\nworkspace: ws\nsources:\n"
+                    "  posts: [demo/posts.jsonl, blob.bin]\n  facts: [bio-latin1.md, blob.bin, a-folder.md]\n")
+    out = run_twin("validate", spec)
+    assert out.returncode == 2 and "sources.facts[2].path" in out.stderr and "a-folder.md is a folder" in out.stderr
+    spec.write_text(spec.read_text().replace(", a-folder.md]", "]"))
+    Runner(load_spec(spec)).build(until="fetch")
+    out = spec_dir / "ws" / "fetch"
+    facts = read_jsonl(out / "facts.jsonl")
+    text = (out / facts[0]["path"]).read_text(encoding="utf-8")
+    assert len(facts) == 1 and "café" in text and "crème fraîche" in text and "\ufffd" not in text
+    prov = read_jsonl(out / "provenance.jsonl")
+    failed = {(r["kind"], r["location"]): r["reason"] for r in prov if r["status"] == "failed"}
+    assert "not text" in failed[("posts", "blob.bin")] and "not text" in failed[("facts", "blob.bin")], failed
+    assert len(read_jsonl(out / "posts.jsonl")) > 100                      # the good posts file is kept
+    # `twin qa` on a binary file is bad input: exit 2, one line naming the file
+    res = run_twin("qa", spec_dir / "blob.bin", "--name", "X", "--out", spec_dir / "qa")
+    assert res.returncode == 2 and "blob.bin: not text" in res.stderr and "Traceback" not in res.stderr, res.stderr
+
+
+def test_size_limits_are_settings(spec_dir):
+    (spec_dir / "tiny.jsonl").write_text('{"text": "Steady tides, everyone."}\n')
+    spec = spec_dir / "s.yaml"
+    spec.write_text("id: web-person\nname: Tamsin Vell\nconsent: {basis: self, evidence: t}\nworkspace: ws\nsources:\n"
+                    "  videos: [demo/panel.ogg]\n  posts: [tiny.jsonl, demo/posts.jsonl]\n  facts: [demo/bio.md]\n"
+                    "stages: {fetch: {max_media_mb: 0.1, max_text_mb: 0.001}}\n")
+    Runner(load_spec(spec)).build(until="fetch")
+    prov = {r["kind"]: r for r in read_jsonl(spec_dir / "ws" / "fetch" / "provenance.jsonl")
+            if r["location"] != "tiny.jsonl"}
+    assert prov["videos"]["status"] == "skipped" and prov["videos"]["reason"] == \
+        "177 KiB, over stages.fetch.max_media_mb (102 KiB)", prov["videos"]
+    assert prov["facts"]["status"] == "failed" and "over stages.fetch.max_text_mb" in prov["facts"]["reason"]
+    assert prov["posts"]["status"] == "failed" and "over stages.fetch.max_text_mb" in prov["posts"]["reason"]

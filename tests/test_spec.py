@@ -126,7 +126,8 @@ def test_spec_section_hash_is_pinned():
     spec = parse_spec(MINIMAL, "s.yaml", check_files=False)
     assert hash_obj(spec.section("stages.fetch")) == hash_obj({
         "sample_rate": 16000, "max_items_per_source": 50, "retries": 3, "min_interval": 0.0, "rate_limit": None,
-        "cookies": None, "subtitles": True, "strict": False, "fail_when_empty": True, "locked": False})
+        "cookies": None, "subtitles": True, "strict": False, "max_media_mb": 2048.0, "max_text_mb": 50.0, "fail_when_empty": True,
+        "locked": False})
     assert hash_obj({"b": 1, "a": [1, 2]}) == "94a786c3662bc7beeb598efa7d8cb58d7bea25d6c275ea9785a0230ff1f8c2ba"
     assert hash_obj({"b": 1, "a": [1, 2]}) == hash_obj({"a": [1, 2], "b": 1})
 

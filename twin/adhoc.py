@@ -202,8 +202,15 @@ def qa(facts_file: str, out: str | Path, name: str, profile: str = "embedded", l
     from .cache import atomic_write_jsonl, atomic_write_text, read_json, read_jsonl
     from .runner import Runner
     from .spec import load_spec
+    from .text import NotText, decode_text
+    if Path(facts_file).is_dir():
+        raise UsageError(f"{facts_file}: a folder, not a file; name the text file")
     if not Path(facts_file).is_file():
         raise UsageError(f"{facts_file}: no such file")
+    try:
+        decode_text(Path(facts_file).read_bytes(), facts_file)
+    except NotText as exc:
+        raise UsageError(str(exc)) from None
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")[:60] or "persona"

@@ -100,15 +100,12 @@ class Response:
 
     @property
     def text(self) -> str:
-        import codecs
-        charset = "utf-8"
+        """The body decoded (the declared charset, else detected); binary bodies are refused."""
+        from .text import decode_text
+        declared = None
         if "charset=" in self.content_type:
-            charset = self.content_type.split("charset=")[-1].split(";")[0].strip() or "utf-8"
-        try:
-            codecs.lookup(charset)
-        except LookupError:
-            charset = "utf-8"
-        return self.body.decode(charset, errors="replace")
+            declared = self.content_type.split("charset=")[-1].split(";")[0].strip().strip('"') or None
+        return decode_text(self.body, self.url, declared)[0]
 
 
 _last_request = 0.0

@@ -335,22 +335,25 @@ def _format(path: str, loc: tuple, msg: str, root) -> str:
     return f"{where}: {_loc_text(loc)}: {msg}"
 
 
+def _file_problem(path: Path) -> Optional[str]:
+    if path.is_dir():
+        return f"{path} is a folder; name a file in it"
+    if not path.is_file():
+        return f"file not found: {path}"
+    return None
+
+
 def _check_files(spec: SpecBase) -> list[tuple[tuple, str]]:
-    """Local paths named by the spec must exist."""
+    """Local paths named by the spec must be files that exist."""
+    named = [(("sources", kind, i, "path"), src.path) for kind in ("videos", "posts", "facts")
+             for i, src in enumerate(getattr(spec.sources, kind)) if src.path]
+    named += [(("enroll", i), clip) for i, clip in enumerate(spec.enroll)]
+    named += [(("consent", "evidence_file"), spec.consent.evidence_file), (("opt_out", "file"), spec.opt_out.file)]
     problems = []
-    for kind in ("videos", "posts", "facts"):
-        for i, src in enumerate(getattr(spec.sources, kind)):
-            if src.path and not spec.resolve_path(src.path).is_file():
-                problems.append((("sources", kind, i, "path"),
-                                 f"file not found: {spec.resolve_path(src.path)}"))
-    for i, clip in enumerate(spec.enroll):
-        if not spec.resolve_path(clip).is_file():
-            problems.append((("enroll", i), f"file not found: {spec.resolve_path(clip)}"))
-    if spec.consent.evidence_file and not spec.resolve_path(spec.consent.evidence_file).is_file():
-        problems.append((("consent", "evidence_file"),
-                         f"file not found: {spec.resolve_path(spec.consent.evidence_file)}"))
-    if spec.opt_out.file and not spec.resolve_path(spec.opt_out.file).is_file():
-        problems.append((("opt_out", "file"), f"file not found: {spec.resolve_path(spec.opt_out.file)}"))
+    for key, rel in named:
+        why = _file_problem(spec.resolve_path(rel)) if rel else None
+        if why:
+            problems.append((key, why))
     return problems
 
 
