@@ -860,16 +860,16 @@ class Fetch(Stage):
                             rec["bad_line_count"], first["line"], first["reason"], rec.get("items", 0))
         usable = counts["videos"] + counts["posts"] + counts["facts_documents"]
         if items and usable == 0 and settings.fail_when_empty:
-            raise StageError(self.name, f"nothing usable was fetched ({counts['failed']} failed); "
-                             f"see {ctx.out / 'provenance.jsonl'}")
+            first = f": {failures[0]['item']}: {failures[0]['reason']}" if failures else ""
+            more = f" (and {len(failures) - 1} more, above)" if len(failures) > 1 else ""
+            raise StageError(self.name, f"nothing usable was fetched{first}{more}")
         if settings.locked and counts["failed"]:
             lock_failures = [f for f in failures if f["reason"].startswith((LOCK_CHANGED, LOCK_GONE))]
             if lock_failures:
                 raise StageError(self.name, f"{len(lock_failures)} input(s) differ from the lock, first: "
-                                 f"{lock_failures[0]['item']}: {lock_failures[0]['reason']}; "
-                                 f"see {ctx.out / 'provenance.jsonl'}")
+                                 f"{lock_failures[0]['item']}: {lock_failures[0]['reason']}")
         if settings.strict and counts["failed"]:
-            raise StageError(self.name, f"{counts['failed']} item(s) failed and stages.fetch.strict is set; "
-                             f"see {ctx.out / 'provenance.jsonl'}")
+            raise StageError(self.name, f"{counts['failed']} item(s) failed and stages.fetch.strict is set; first: "
+                             f"{failures[0]['item']}: {failures[0]['reason']}")
         return counts
 

@@ -250,7 +250,9 @@ def test_nothing_usable_fails_and_keeps_reasons(spec_dir, server):
     spec = spec_dir / "s.yaml"
     spec.write_text("\n".join(lines) + "\n")
     out = run_twin("build", spec, "--until", "fetch")
-    assert out.returncode == 1 and "nothing usable was fetched" in out.stderr
+    assert out.returncode == 1 and "nothing usable was fetched: sources.facts[0]" in out.stderr
+    assert "HTTP 404" in out.stderr                                  # the reason, on the console
+    assert out.stderr.count("nothing usable was fetched") == 1 and ".staging" not in out.stderr, out.stderr
     assert not (spec_dir / "ws" / "fetch").exists()
 
 

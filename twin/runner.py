@@ -220,15 +220,16 @@ class Runner:
         except TwinError as exc:
             err = exc if isinstance(exc, StageError) else StageError(st.name, str(exc))
             result.failed[st.name] = str(err)
-            log.error("%s", err)
             if on_error == "fail":
-                raise err from exc
+                raise err from exc          # the caller reports it (once)
+            log.error("%s", err)
         except Exception as exc:  # noqa: BLE001 - any crash inside a stage is that stage's failure
             err = StageError(st.name, f"{type(exc).__name__}: {exc}")
             result.failed[st.name] = str(err)
-            log.exception("stage %s crashed", st.name)
+            log.debug("stage %s crashed", st.name, exc_info=True)      # the traceback with -v
             if on_error == "fail":
                 raise err from exc
+            log.error("%s", err)
         else:
             result.ran.append(st.name)
 
