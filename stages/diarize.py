@@ -82,7 +82,7 @@ class Diarize(Stage):
     name = "diarize"
     version = "2"
     summary = "who spoke when: segmentation + speaker embeddings + clustering (or pyannote's pipeline)"
-    reads = ("separate",)
+    reads = ("fetch", "separate")       # fetch: what each recording was (for "no speech found in FILE")
     spec_keys = ("profile",)
     model_roles = ("segmentation", "speaker_embedding", "diarizer")
     libraries = ("pyannote.audio", "resemblyzer", "torch")
@@ -115,8 +115,17 @@ class Diarize(Stage):
                 speakers += value["speakers"]
         if items and not any(ok for _, ok, _ in results):
             raise StageError(self.name, f"no recording could be diarized: {ctx.failures[0]['reason']}")
+        # recordings without speech (silence, music, noise, a blip) are said by name, not left to crash later
+        names = {r["id"]: r.get("location") or r.get("url") or r["id"]
+                 for r in read_jsonl(ctx.input("fetch") / "provenance.jsonl") if r.get("kind") == "videos" and r.get("id")}
+        spoken = {x["recording"] for x in segments}
+        silent = [names.get(item["id"], item["id"]) for item, ok, _ in results if ok and item["id"] not in spoken]
+        if items and len(silent) == len(items):
+            raise StageError(self.name, f"no speech found in {', '.join(silent)}")
+        for name in silent:
+            ctx.log.warning("no speech found in %s", name)
         atomic_write_jsonl(ctx.out / "segments.jsonl", segments)
         atomic_write_jsonl(ctx.out / "speakers.jsonl", speakers)
-        return {"recordings": len(items), "segments": len(segments), "speakers": len(speakers),
+        return {"recordings": len(items), "without_speech": len(silent), "segments": len(segments), "speakers": len(speakers),
                 "speech_seconds": round(sum(x["end"] - x["start"] for x in segments), 2), "backend": backend}
 

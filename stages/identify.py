@@ -121,7 +121,8 @@ class Identify(Stage):
         persona = {(sp["recording"], sp["speaker"]) for sp in speakers if sp.get("persona")}
         glob = {(sp["recording"], sp["speaker"]): sp.get("global_speaker") for sp in speakers}
         persona_segments = [x for x in segments if (x["recording"], x["speaker"]) in persona]
-        for rec in sorted({x["recording"] for x in segments} | {sp["recording"] for sp in speakers}):
+        recordings = {p.stem for p in ctx.input("diarize").glob("*.rttm")}      # one per recording, speech or not
+        for rec in sorted(recordings | {x["recording"] for x in segments} | {sp["recording"] for sp in speakers}):
             lines = rttm_text(rec, [(x["start"], x["end"], "persona" if (rec, x["speaker"]) in persona
                                      else x["speaker"]) for x in segments if x["recording"] == rec])
             atomic_write_text(ctx.out / f"{rec}.rttm", lines)

@@ -183,3 +183,22 @@ def test_untrusted_checkpoint_is_refused(tmp_path):
         pickle.dump({"klass": Evil()}, f)
     with pytest.raises(StageError, match="refused"):
         load_demucs(str(bad), "cpu")
+
+
+@pytest.mark.parametrize("kind,synth", [("silence", ["trim", "0", "4"]), ("noise", ["synth", "4", "whitenoise", "gain", "-10"]),
+                                        ("blip", ["synth", "0.1", "sine", "300"])])
+def test_a_recording_without_speech_is_named_not_a_crash(tmp_path, kind, synth):
+    """Issue 18: silence, noise or a 0.1 s clip say "no speech found in FILE" once (exit 1); beside a
+    recording with speech it is a warning, and both RTTMs are written."""
+    import subprocess
+    wav = tmp_path / f"{kind}.wav"
+    subprocess.run(["sox", "-n", "-r", "16000", "-c", "1", "-b", "16", str(wav), *synth], check=True)
+    out = run_twin("diarize", wav, "--out", tmp_path / "o")
+    assert out.returncode == 1 and f"no speech found in {wav}" in out.stderr, out.stderr
+    assert out.stderr.count("no speech found") == 1 and "Traceback" not in out.stderr, out.stderr
+    if kind == "silence":
+        out = run_twin("voice", wav, "--out", tmp_path / "v")
+        assert out.returncode == 1 and f"no speech found in {wav}" in out.stderr, out.stderr
+        out = run_twin("diarize", wav, DEMO / "panel.ogg", "--out", tmp_path / "mix")
+        assert out.returncode == 0 and f"no speech found in {wav}" in out.stderr, out.stderr
+        assert (tmp_path / "mix" / "silence.rttm").read_text() == "" and (tmp_path / "mix" / "panel.rttm").read_text()
