@@ -174,4 +174,3 @@ def test_a_failed_recording_leaves_every_other_transcript_on_its_own_clip(tmp_pa
     for r in rows:
         assert (r["recording"], r["start"], r["end"]) == (by_id[r["id"]]["recording"], by_id[r["id"]]["start"],
                                                            by_id[r["id"]]["end"])
-
