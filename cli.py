@@ -284,9 +284,10 @@ def diarize_cmd(ctx, audio, enroll, profile, consent, out, workers):
 @main.command("voice")
 @_audio_inputs
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="folder for the dataset")
-@click.option("--min-dnsmos", type=float, help="DNSMOS OVRL floor (default 2.3)")
-@click.option("--min-snr", type=float, help="SNR floor in dB (default 12)")
-@click.option("--target-minutes", type=float, help="keep the best clips up to this many minutes (default 60)")
+@click.option("--min-dnsmos", type=click.FloatRange(1, 5), help="DNSMOS OVRL floor (default 2.3)")
+@click.option("--min-snr", type=click.FloatRange(-20, 100), help="SNR floor in dB (default 12)")
+@click.option("--target-minutes", type=click.FloatRange(0, min_open=True),
+              help="keep the best clips up to this many minutes (default 60)")
 @click.option("--workers", type=click.IntRange(1, 256), default=1, show_default=True)
 @click.pass_context
 def voice_cmd(ctx, audio, enroll, profile, consent, out, min_dnsmos, min_snr, target_minutes, workers):

@@ -180,3 +180,20 @@ def test_editing_a_helper_module_reruns_the_stages_that_import_it(tmp_path, spec
     plan = twin("plan", spec, "--until", "style_data").stdout
     lines = [x for x in plan.splitlines() if x.strip()]
     assert all(x.split()[0] == "run" for x in lines) and "thread count changed (2 → 1)" in lines[0], plan
+
+
+def test_a_full_disk_is_one_line_naming_the_path(spec_dir, monkeypatch):
+    """No space left (ENOSPC inside a stage): one line with the path and what to do, exit 1, and the
+    finished items stay for the next run."""
+    import errno
+
+    from twin import registry
+    spec = many_audio_spec(spec_dir, 1, seconds=1)
+    fetch = registry.get("fetch")
+
+    def full(ctx):
+        raise OSError(errno.ENOSPC, "No space left on device", str(ctx.out / "media" / "x.wav"))
+    monkeypatch.setattr(type(fetch), "run", lambda self, ctx: full(ctx))
+    out = run_twin("build", spec, "--until", "fetch")
+    assert out.returncode == 1 and out.stderr.count("no space left on the disk holding") == 1, out.stderr
+    assert "x.wav; free some and run the build again" in out.stderr and "Traceback" not in out.stderr

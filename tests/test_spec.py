@@ -154,3 +154,21 @@ def test_the_cli_offers_exactly_the_consent_bases_the_spec_accepts():
     from twin import cli
     from twin.spec import ConsentBasis
     assert cli.CONSENT_BASES == list(typing.get_args(ConsentBasis))
+
+
+def test_twin_voice_flags_are_refused_by_their_own_names_with_the_stage_bounds(tmp_path):
+    """`twin voice --min-dnsmos 9` names the flag (exit 2), not a line of the spec it writes; the
+    flags' ranges are the qualify settings' own."""
+    import click
+    from click.testing import CliRunner
+
+    from twin import cli
+    from twin.stages.qualify import Settings
+    out = CliRunner().invoke(cli.main, ["voice", str(tmp_path / "x.wav"), "--out", str(tmp_path / "o"),
+                                        "--min-dnsmos", "9"])
+    assert out.exit_code == 2 and "--min-dnsmos" in out.output and "spec.yaml" not in out.output, out.output
+    params = {p.name: p.type for p in cli.main.commands["voice"].params}
+    for flag, field in (("min_dnsmos", "min_dnsmos"), ("min_snr", "min_snr_db")):
+        meta = {type(m).__name__: m for m in Settings.model_fields[field].metadata}
+        assert isinstance(params[flag], click.FloatRange)
+        assert (params[flag].min, params[flag].max) == (meta["Ge"].ge, meta["Le"].le), flag

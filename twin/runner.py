@@ -8,6 +8,7 @@ fingerprint), writes ``_manifest.json`` and is published by a rename.
 """
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import shutil
@@ -224,7 +225,11 @@ class Runner:
                 raise err from exc          # the caller reports it (once)
             log.error("%s", err)
         except Exception as exc:  # noqa: BLE001 - any crash inside a stage is that stage's failure
-            err = StageError(st.name, f"{type(exc).__name__}: {exc}")
+            if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+                err = StageError(st.name, f"no space left on the disk holding {exc.filename or self.ws.root}; free "
+                                          "some and run the build again (finished items are kept and resume)")
+            else:
+                err = StageError(st.name, f"{type(exc).__name__}: {exc}")
             result.failed[st.name] = str(err)
             log.debug("stage %s crashed", st.name, exc_info=True)      # the traceback with -v
             if on_error == "fail":
