@@ -109,8 +109,10 @@ def transcribe_clips(item: dict, params: dict) -> dict:
             aligner = align_model(params["align"], lang or "en", params["device"])
         except Exception as exc:  # noqa: BLE001 - no alignment model is not fatal
             align_error = f"alignment unavailable: {type(exc).__name__}: {str(exc)[:200]}"
+    from twin.progress import within_item
     rows = []
-    for clip in item["clips"]:
+    for k, clip in enumerate(item["clips"]):
+        within_item(k / len(item["clips"]))
         audio = sf.read(clip["path"], dtype="float32")[0]
         result = model.transcribe(np.concatenate([pad, audio, pad]), batch_size=s["batch_size"], language=lang)
         segs = [{**x, "start": min(max(x["start"] - shift, 0.0), clip["duration"]),

@@ -197,3 +197,25 @@ def test_a_full_disk_is_one_line_naming_the_path(spec_dir, monkeypatch):
     out = run_twin("build", spec, "--until", "fetch")
     assert out.returncode == 1 and out.stderr.count("no space left on the disk holding") == 1, out.stderr
     assert "x.wav; free some and run the build again" in out.stderr and "Traceback" not in out.stderr
+
+
+def _halfway(item, params):
+    from twin.progress import within_item
+    within_item(0.5)
+    return item * 2
+
+
+def test_long_items_report_progress_within_themselves(tmp_path):
+    """Issue 18: a step with one long item moves inside it (diarize and transcribe report per block
+    and per clip), not only when the item ends."""
+    from conftest import MINIMAL
+    from twin import registry
+    from twin.executors import InlineExecutor
+    from twin.spec import parse_spec
+    from twin.stage import StageContext
+    seen = []
+    ctx = StageContext(stage=registry.get("fetch"), spec=parse_spec(MINIMAL, "s.yaml", check_files=False),
+                       out=tmp_path / "o", journal=tmp_path / "j", inputs={}, executor=InlineExecutor(), models={},
+                       progress=lambda step, completed=None, total=None: seen.append((step, completed, total)))
+    assert [v for _, ok, v in ctx.map(_halfway, [1, 2], key=str, step="work")] == [2, 4]
+    assert seen == [("work", 0, 2), ("work", 0.5, 2), ("work", 1, 2), ("work", 1.5, 2), ("work", 2, 2)]

@@ -116,7 +116,9 @@ def local_speakers(audio, residual, seg_model_path: str, enc_weights: str, s: di
     frames = model.receptive_field                         # frame timing inside a chunk
     frame_step = frames.step
     blocks, keys, embs, snrs, weaks = [], [], [], [], []
+    from .progress import within_item
     for c0 in range(0, n_full, BLOCK_CHUNKS):
+        within_item(c0 / n_full)
         c1 = min(c0 + BLOCK_CHUNKS, n_full)
         offset = c0 * n_step
         # the last block reads to the end: pyannote adds the final, partial window itself

@@ -6,11 +6,34 @@ the same shape. Library code only calls hooks; the CLI chooses the implementatio
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import logging
 import time
-from typing import Optional, Protocol
+from typing import Callable, Iterator, Optional, Protocol
 
 log = logging.getLogger("twin.progress")
+
+_within: contextvars.ContextVar[Optional[Callable[[float], None]]] = contextvars.ContextVar("twin_within", default=None)
+
+
+def within_item(fraction: float) -> None:
+    """A long work item says how far it is (0..1); the step's progress moves inside the item (a
+    20-minute recording no longer sits at ``diarize: 0/1``). A no-op where nobody listens (items
+    running in worker processes report when they finish)."""
+    report = _within.get()
+    if report is not None:
+        report(min(max(float(fraction), 0.0), 1.0))
+
+
+@contextlib.contextmanager
+def listening(report: Callable[[float], None]) -> Iterator[None]:
+    """Send :func:`within_item` calls made in this context (the items run inline) to ``report``."""
+    token = _within.set(report)
+    try:
+        yield
+    finally:
+        _within.reset(token)
 
 
 class ProgressHook(Protocol):
@@ -41,7 +64,8 @@ class LogProgress(NullProgress):
         if step not in self._last or done or now - self._last[step] >= self.every:
             self._last[step] = now
             if total:
-                log.info("%s: %d/%d", step, completed or 0, total)
+                c = completed or 0
+                log.info("%s: %s/%d", step, f"{c:.2f}".rstrip("0").rstrip(".") if c != int(c) else int(c), total)
             else:
                 log.info("%s", step)
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Callable, ClassVar, Optional, Sequence
 
 from .cache import atomic_write_json, read_json
-from .progress import NullProgress, ProgressHook
+from .progress import NullProgress, ProgressHook, listening
 from .settings import Strict
 
 
@@ -181,12 +181,14 @@ class StageContext:
         self.progress(step, done, len(items))
         if self.resumed_items and todo:
             self.log.info("%s: resuming, %d of %d items already done", step, done, len(items))
-        for j, ok, value in self.executor.map(fn, [items[i] for i in todo], params):
-            i = todo[j]
-            atomic_write_json(entry(keys[i]), {"key": keys[i], "ok": ok, "value": value})
-            results[i] = (items[i], ok, value)
-            done += 1
-            self.progress(step, done, len(items))
+        count = [done]     # items finished; an inline item's own progress shows between them
+        with listening(lambda f: self.progress(step, count[0] + f, len(items))):
+            for j, ok, value in self.executor.map(fn, [items[i] for i in todo], params):
+                i = todo[j]
+                atomic_write_json(entry(keys[i]), {"key": keys[i], "ok": ok, "value": value})
+                results[i] = (items[i], ok, value)
+                count[0] += 1
+                self.progress(step, count[0], len(items))
         for i, (item, ok, value) in enumerate(results):
             if not ok:
                 self.failures.append({"item": keys[i], "reason": value})
