@@ -199,12 +199,14 @@ class Evaluate(Stage):
         emb = SentenceTransformer(ctx.models["sentence_embedding"].location, device="cpu")
         memory = _memory(ctx, emb)
         ctx.progress("evaluate: generate", 0, 3)
+        # held-out losses on these same eval sets: train measured them (base and twin); not computed twice
+        losses = tm.get("eval_loss") or {}
         with lm.base_only():
             base_out = lm.chat(convs, params)
-            base_ppl = {"style": lm.loss(style_eval), "memory": lm.loss(mem_eval)}
+            base_ppl = losses.get("base") or {"style": lm.loss(style_eval), "memory": lm.loss(mem_eval)}
         ctx.progress("evaluate: generate", 1, 3)
         twin_out = lm.chat(convs, params)
-        twin_ppl = {"style": lm.loss(style_eval), "memory": lm.loss(mem_eval)}
+        twin_ppl = losses.get("twin") or {"style": lm.loss(style_eval), "memory": lm.loss(mem_eval)}
         ctx.progress("evaluate: generate", 2, 3)
         outputs = {"base": base_out, "twin": twin_out}
         recalls = []
