@@ -104,12 +104,60 @@ consent: {basis: self, evidence: "test"}
 """
 
 
+# The demo build is the suite's longest piece of work (~10 minutes on two cores) and mostly waits
+# on one training loop, so it starts in the background as soon as the tests are collected, while
+# the tests that do not read it run; those that do (and the second persona's build, which must not
+# overlap it: two trainings would need twice the memory) are moved to the end of the session.
+_DEMO: dict = {}
+
+
+@pytest.hookimpl(trylast=True)          # after -m/-k deselection: only what will run
+def pytest_collection_modifyitems(session, config, items):
+    def heavy(item):
+        names = getattr(item, "fixturenames", ())
+        return 2 if "persona2" in names else 1 if "demo_build" in names else 0
+    items.sort(key=heavy)               # stable: otherwise the files' own order
+    if any(heavy(it) == 1 for it in items) and not config.getoption("collectonly"):
+        import tempfile
+        folder = Path(tempfile.mkdtemp(prefix="twin-demo-"))
+        out, err = open(folder / "stdout.txt", "w"), open(folder / "stderr.txt", "w")
+        proc = subprocess.Popen([TWIN, "build", str(ROOT / "persona_specs" / "demo.yaml"), "--workspace",
+                                 str(folder / "ws")], stdout=out, stderr=err, text=True)
+        _DEMO.update(folder=folder, proc=proc, files=(out, err))
+
+
+def wait_for_demo_build():
+    """The background demo build's (workspace, CompletedProcess), once it has finished."""
+    if "result" not in _DEMO:
+        if "proc" not in _DEMO:          # not started at collection (a single test run by node id)
+            folder = Path(__import__("tempfile").mkdtemp(prefix="twin-demo-"))
+            _DEMO["folder"] = folder
+            _DEMO["result"] = run_twin("build", ROOT / "persona_specs" / "demo.yaml", "--workspace", folder / "ws",
+                                       timeout=2700, process=True)
+        else:
+            code = _DEMO["proc"].wait(timeout=2700)
+            for f in _DEMO["files"]:
+                f.close()
+            folder = _DEMO["folder"]
+            _DEMO["result"] = subprocess.CompletedProcess(_DEMO["proc"].args, code,
+                                                          (folder / "stdout.txt").read_text(),
+                                                          (folder / "stderr.txt").read_text())
+    return _DEMO["folder"] / "ws", _DEMO["result"]
+
+
+def pytest_sessionfinish(session, exitstatus):
+    proc = _DEMO.get("proc")
+    if proc is not None and proc.poll() is None:
+        proc.kill()
+        proc.wait()
+    if "folder" in _DEMO:
+        shutil.rmtree(_DEMO["folder"], ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
-def demo_build(tmp_path_factory):
+def demo_build():
     """The demo persona built once with the README's command (`twin build`), in a fresh workspace."""
-    ws = tmp_path_factory.mktemp("demo") / "ws"
-    result = run_twin("build", ROOT / "persona_specs" / "demo.yaml", "--workspace", ws, timeout=2700, process=True)
-    return ws, result
+    return wait_for_demo_build()
 
 
 def speak(path: Path, parts, rate: int = 16000) -> list[tuple[float, float, str]]:

@@ -14,7 +14,7 @@ def test_help_is_fast_and_imports_no_heavy_libraries():
     out = subprocess.run([TWIN, "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "build" in out.stdout
     assert time.perf_counter() - t0 < 5
-    probe = subprocess.run([sys.executable, "-c", "import sys, cli, twin.runner, twin.spec; twin.spec.spec_class(); "
+    probe = subprocess.run([sys.executable, "-c", "import sys, twin.cli, twin.runner, twin.spec; twin.spec.spec_class(); "
                             "print(sorted(m for m in ('torch', 'whisperx', 'transformers', 'yt_dlp') if m in sys.modules))"],
                            capture_output=True, text=True, cwd=ROOT)
     assert probe.stdout.strip() == "[]", probe.stderr
