@@ -28,6 +28,7 @@ setup(
     install_requires=[
         "click>=8.1", "pydantic>=2.6", "pyyaml>=6.0", "rich>=13.0", "requests",
         "yt-dlp>=2025.1.1", "feedparser>=6.0", "trafilatura>=2.0", "soundfile>=0.12", "numpy",
+        "charset-normalizer>=3.3",
     ],
     entry_points={"console_scripts": ["twin=twin.cli:main"]},
     cmdclass={"build_py": BuildPy},
