@@ -1,7 +1,7 @@
 """memory_data: first-person, grounded QA pairs from the demo's third-person bio."""
 import pytest
 
-from twin.stages.memory_data import first_person, questions_for, third_person_hits
+from twin.qa import first_person, questions_for, third_person_hits
 from twin.cache import read_json, read_jsonl
 
 NAMES = ["Tamsin Vell", "Vell", "Tamsin"]
