@@ -104,11 +104,40 @@ consent: {basis: self, evidence: "test"}
 """
 
 
-# The demo build is the suite's longest piece of work (~10 minutes on two cores) and mostly waits
-# on one training loop, so it starts in the background as soon as the tests are collected, while
-# the tests that do not read it run; those that do (and the second persona's build, which must not
-# overlap it: two trainings would need twice the memory) are moved to the end of the session.
-_DEMO: dict = {}
+# The two persona builds — the demo and the second persona (tests/data/persona2) — are the suite's
+# longest pieces of work (~10 and ~3 minutes on two cores). They run one after the other in the
+# background from the moment the tests are collected (never both at once: two trainings would need
+# twice the memory), while the tests that do not read them run; the tests that do are moved to the
+# end of the session and wait for their build.
+_BUILDS: dict = {}
+PERSONA2 = Path(__file__).parent / "data" / "persona2"
+
+
+def _build_in_background(name: str, spec: Path, after: str | None = None) -> None:
+    import tempfile
+    import threading
+    folder = Path(tempfile.mkdtemp(prefix=f"twin-{name}-"))
+    if name == "persona2":
+        for f in PERSONA2.iterdir():
+            shutil.copy(f, folder / f.name)
+        spec = folder / "spec.yaml"
+    entry = _BUILDS[name] = {"folder": folder, "done": threading.Event(), "proc": None}
+
+    def run():
+        try:
+            if after and after in _BUILDS:
+                _BUILDS[after]["done"].wait()
+            if _BUILDS.get("stopping"):
+                return
+            with open(folder / "stdout.txt", "w") as out, open(folder / "stderr.txt", "w") as err:
+                entry["proc"] = subprocess.Popen([TWIN, "build", str(spec), "--workspace", str(folder / "ws")],
+                                                 stdout=out, stderr=err, text=True)
+                code = entry["proc"].wait()
+            entry["result"] = subprocess.CompletedProcess(entry["proc"].args, code, (folder / "stdout.txt").read_text(),
+                                                          (folder / "stderr.txt").read_text())
+        finally:
+            entry["done"].set()
+    threading.Thread(target=run, daemon=True).start()
 
 
 @pytest.hookimpl(trylast=True)          # after -m/-k deselection: only what will run
@@ -117,47 +146,40 @@ def pytest_collection_modifyitems(session, config, items):
         names = getattr(item, "fixturenames", ())
         return 2 if "persona2" in names else 1 if "demo_build" in names else 0
     items.sort(key=heavy)               # stable: otherwise the files' own order
-    if any(heavy(it) == 1 for it in items) and not config.getoption("collectonly"):
-        import tempfile
-        folder = Path(tempfile.mkdtemp(prefix="twin-demo-"))
-        out, err = open(folder / "stdout.txt", "w"), open(folder / "stderr.txt", "w")
-        proc = subprocess.Popen([TWIN, "build", str(ROOT / "persona_specs" / "demo.yaml"), "--workspace",
-                                 str(folder / "ws")], stdout=out, stderr=err, text=True)
-        _DEMO.update(folder=folder, proc=proc, files=(out, err))
+    if config.getoption("collectonly"):
+        return
+    wanted = {h for h in map(heavy, items) if h}
+    if 1 in wanted:
+        _build_in_background("demo", ROOT / "persona_specs" / "demo.yaml")
+    if 2 in wanted:
+        _build_in_background("persona2", PERSONA2 / "spec.yaml", after="demo")
 
 
-def wait_for_demo_build():
-    """The background demo build's (workspace, CompletedProcess), once it has finished."""
-    if "result" not in _DEMO:
-        if "proc" not in _DEMO:          # not started at collection (a single test run by node id)
-            folder = Path(__import__("tempfile").mkdtemp(prefix="twin-demo-"))
-            _DEMO["folder"] = folder
-            _DEMO["result"] = run_twin("build", ROOT / "persona_specs" / "demo.yaml", "--workspace", folder / "ws",
-                                       timeout=2700, process=True)
-        else:
-            code = _DEMO["proc"].wait(timeout=2700)
-            for f in _DEMO["files"]:
-                f.close()
-            folder = _DEMO["folder"]
-            _DEMO["result"] = subprocess.CompletedProcess(_DEMO["proc"].args, code,
-                                                          (folder / "stdout.txt").read_text(),
-                                                          (folder / "stderr.txt").read_text())
-    return _DEMO["folder"] / "ws", _DEMO["result"]
+def background_build(name: str) -> tuple[Path, subprocess.CompletedProcess]:
+    """A persona build's (workspace, CompletedProcess) once it has finished (started now, in this
+    process's foreground, when the session did not start it: a single test run by node id)."""
+    if name not in _BUILDS:
+        _build_in_background(name, ROOT / "persona_specs" / "demo.yaml" if name == "demo" else PERSONA2 / "spec.yaml")
+    entry = _BUILDS[name]
+    if not entry["done"].wait(timeout=2700):
+        raise TimeoutError(f"the {name} build did not finish in 45 minutes")
+    return entry["folder"] / "ws", entry["result"]
 
 
 def pytest_sessionfinish(session, exitstatus):
-    proc = _DEMO.get("proc")
-    if proc is not None and proc.poll() is None:
-        proc.kill()
-        proc.wait()
-    if "folder" in _DEMO:
-        shutil.rmtree(_DEMO["folder"], ignore_errors=True)
+    _BUILDS["stopping"] = True
+    for entry in [v for k, v in _BUILDS.items() if k != "stopping"]:
+        proc = entry.get("proc")
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        shutil.rmtree(entry["folder"], ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
 def demo_build():
     """The demo persona built once with the README's command (`twin build`), in a fresh workspace."""
-    return wait_for_demo_build()
+    return background_build("demo")
 
 
 def speak(path: Path, parts, rate: int = 16000) -> list[tuple[float, float, str]]:

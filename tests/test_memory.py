@@ -132,16 +132,13 @@ def test_retrieval_settings_are_checked():
 # ----------------------------------------------------------------- her packaged twin
 
 @pytest.fixture(scope="session")
-def persona2(tmp_path_factory):
-    """Her twin, built with the README's command and the embedded 135M model on CPU (after the demo's
-    background build has finished: two trainings at once would need twice the memory)."""
-    from conftest import _DEMO, wait_for_demo_build
-    if "proc" in _DEMO:
-        wait_for_demo_build()
-    spec = copy_persona(tmp_path_factory.mktemp("persona2"))
-    out = run_twin("build", spec, "--workspace", spec.parent / "ws", timeout=1800, process=True)
+def persona2():
+    """Her twin, built with the README's command and the embedded 135M model on CPU (in the background,
+    after the demo's build: conftest)."""
+    from conftest import background_build
+    ws, out = background_build("persona2")
     assert out.returncode == 0, out.stderr
-    return spec.parent / "ws"
+    return ws
 
 
 @pytest.fixture(scope="module")
