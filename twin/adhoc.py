@@ -75,17 +75,13 @@ def merge_fetched(new: Path, out: Path) -> dict:
     """Add one fetch's outputs (``new``, a built fetch stage) to the folder ``out``: files are linked
     in (a re-fetched item replaces its own file), records are appended after the folder's own, one
     per key. Returns the folder's counts."""
-    from .cache import MANIFEST, atomic_write_jsonl, read_jsonl
+    from .cache import MANIFEST, atomic_path, atomic_write_jsonl, read_jsonl
     for f in sorted(p for p in new.rglob("*") if p.is_file() and p.name not in OUTPUT_KEYS and p.name != MANIFEST):
-        dst = out / f.relative_to(new)
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dst.with_name(f".tmp-{dst.name}")
-        tmp.unlink(missing_ok=True)
-        try:
-            os.link(f, tmp)              # the build keeps its own copy (its manifest lists it)
-        except OSError:
-            shutil.copyfile(f, tmp)
-        os.replace(tmp, dst)
+        with atomic_path(out / f.relative_to(new)) as tmp:
+            try:
+                os.link(f, tmp)          # the build keeps its own copy (its manifest lists it)
+            except OSError:
+                shutil.copyfile(f, tmp)
     totals = {}
     for name, key in OUTPUT_KEYS.items():
         old = read_jsonl(out / name) if (out / name).is_file() else []
