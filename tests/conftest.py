@@ -113,10 +113,13 @@ _BUILDS: dict = {}
 PERSONA2 = Path(__file__).parent / "data" / "persona2"
 
 
-def _build_in_background(name: str, spec: Path, after: str | None = None) -> None:
+def _build_in_background(name: str, after: str | None = None) -> None:
+    """``demo`` (the repository's spec) or ``persona2`` (a copy of tests/data/persona2), built with
+    `twin build` in a thread-watched subprocess, once the build named ``after`` has finished."""
     import tempfile
     import threading
     folder = Path(tempfile.mkdtemp(prefix=f"twin-{name}-"))
+    spec = ROOT / "persona_specs" / "demo.yaml"
     if name == "persona2":
         for f in PERSONA2.iterdir():
             shutil.copy(f, folder / f.name)
@@ -150,16 +153,16 @@ def pytest_collection_modifyitems(session, config, items):
         return
     wanted = {h for h in map(heavy, items) if h}
     if 1 in wanted:
-        _build_in_background("demo", ROOT / "persona_specs" / "demo.yaml")
+        _build_in_background("demo")
     if 2 in wanted:
-        _build_in_background("persona2", PERSONA2 / "spec.yaml", after="demo")
+        _build_in_background("persona2", after="demo")
 
 
 def background_build(name: str) -> tuple[Path, subprocess.CompletedProcess]:
     """A persona build's (workspace, CompletedProcess) once it has finished (started now, in this
     process's foreground, when the session did not start it: a single test run by node id)."""
     if name not in _BUILDS:
-        _build_in_background(name, ROOT / "persona_specs" / "demo.yaml" if name == "demo" else PERSONA2 / "spec.yaml")
+        _build_in_background(name)
     entry = _BUILDS[name]
     if not entry["done"].wait(timeout=2700):
         raise TimeoutError(f"the {name} build did not finish in 45 minutes")

@@ -75,6 +75,13 @@ def lock_key(rec: dict) -> str:
     return rec.get("identity") or rec.get("url") or rec["location"]
 
 
+def opted_out(item: dict, params: dict) -> Optional[dict]:
+    """The "skipped" record of a source whose URL is on the opt-out list (by domain), else None."""
+    loc = item["location"]
+    hit = _opt_out_match(params["opt_out"], url=loc if "://" in loc else None)
+    return _record(item, status="skipped", reason=f"opt-out: {hit}") if hit else None
+
+
 def _record(item: dict, **fields) -> dict:
     rec = {"kind": item["kind"], "source": item["label"], "location": item["location"],
            "licence": item.get("licence"), "status": "ok"}

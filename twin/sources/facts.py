@@ -11,7 +11,7 @@ from urllib.parse import urlparse
 from ..cache import atomic_write_text
 from ..net import guarded
 
-from .common import _now, _opt_out_match, _read_text_source, _record, _sha, canonical_url, html_to_markdown
+from .common import _now, _read_text_source, _record, _sha, canonical_url, html_to_markdown, opted_out
 
 
 # ----------------------------------------------------------------- facts
@@ -77,9 +77,9 @@ def split_sections(markdown: str) -> list[dict]:
 def fetch_facts(item: dict, params: dict) -> dict:
     src = item["source"]
     loc = item["location"]
-    hit = _opt_out_match(params["opt_out"], url=loc if "://" in loc else None)
-    if hit:
-        return {"records": [_record(item, status="skipped", reason=f"opt-out: {hit}")], "facts": []}
+    skipped = opted_out(item, params)
+    if skipped:
+        return {"records": [skipped], "facts": []}
     fmt = src["format"]
     if fmt == "auto":
         fmt = "mediawiki" if ("://" in loc and ("/wiki/" in loc or "api.php" in loc)) else "auto"

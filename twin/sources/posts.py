@@ -11,7 +11,7 @@ from typing import Optional
 
 from ..net import guarded
 
-from .common import _fragment_text, _opt_out_match, _read_text_source, _record, _sha, canonical_url, html_to_markdown
+from .common import _fragment_text, _opt_out_match, _read_text_source, _record, _sha, canonical_url, html_to_markdown, opted_out
 
 
 # ----------------------------------------------------------------- posts
@@ -113,9 +113,9 @@ def _detect_post_format(src: dict, text: str, loc: str) -> str:
 def fetch_posts(item: dict, params: dict) -> dict:
     src = item["source"]
     loc = item["location"]
-    hit = _opt_out_match(params["opt_out"], url=loc if "://" in loc else None)
-    if hit:
-        return {"records": [_record(item, status="skipped", reason=f"opt-out: {hit}")], "posts": []}
+    skipped = opted_out(item, params)
+    if skipped:
+        return {"records": [skipped], "posts": []}
     try:
         text, final_url, ctype, retrieved = _read_text_source(item, params)
     except Exception as exc:  # noqa: BLE001 - recorded as the item's failure
