@@ -59,16 +59,27 @@ def main() -> None:
     files = sorted(corpus.rglob("*.flac"))
     if args.limit:
         files = files[:: max(1, len(files) // args.limit)][: args.limit]
+    from faster_whisper import WhisperModel
+    _, dist, rel = EMBEDDED["asr"].split(":", 2)
+    asr = WhisperModel(str(package_file(dist, rel)), device="cpu", compute_type="int8", cpu_threads=2)
+
+    def logprob(audio) -> float:
+        segs = list(asr.transcribe(audio, language="en", beam_size=5, vad_filter=False)[0])
+        return float(np.mean([s.avg_logprob for s in segs])) if segs else -9.0
+
     rows, t0 = [], time.perf_counter()
     for f in files:
         audio = load(f)
         p = probabilities(lid, audio)
-        rows.append((p.get("en", 0.0), len(audio) / 16000, verdict(p, ["en"], 0.5), f.relative_to(corpus)))
+        rows.append((p.get("en", 0.0), len(audio) / 16000, verdict(p, ["en"], 0.5), f.relative_to(corpus),
+                     logprob(audio)))
     per_clip = (time.perf_counter() - t0) / max(len(rows), 1)
     wrong = [r for r in rows if r[2]]
     print(f"\nreal English ({corpus.name}, {len(rows)} utterances, {per_clip:.2f} s per clip on CPU int8):")
-    print(f"  wrongly rejected: {len(wrong)} ({len(wrong) / max(len(rows), 1):.1%})")
-    for p, dur, why, name in sorted(rows)[:5]:
+    print(f"  wrongly rejected by the language rule: {len(wrong)} ({len(wrong) / max(len(rows), 1):.1%}); "
+          f"by the ASR confidence floor (-1.0): {sum(1 for r in rows if r[4] < -1.0)}; by either: "
+          f"{sum(1 for r in rows if r[2] or r[4] < -1.0)}")
+    for p, dur, why, name, _ in sorted(rows)[:5]:
         print(f"  lowest p(en) {p:.3f}  {dur:5.1f} s  {name}{'  REJECTED' if why else ''}")
     for lo, hi in ((0, 4), (4, 8), (8, 99)):
         sel = [r for r in rows if lo <= r[1] < hi]
@@ -76,7 +87,8 @@ def main() -> None:
             print(f"  {lo}-{hi} s: {len(sel)} clips, rejected {sum(1 for r in sel if r[2])}, "
                   f"median p(en) {np.median([r[0] for r in sel]):.3f}")
 
-    print("\nespeak-ng, two voices per language (identified as / p(en) / rejected):")
+    print("\nespeak-ng, two voices per language (identified as / p(en) / rejected by the language rule / "
+          "tiny.en avg_logprob):")
     with tempfile.TemporaryDirectory() as tmp:
         rejected = {}
         for lang, text in SENTENCES.items():
@@ -87,12 +99,17 @@ def main() -> None:
                 p = probabilities(lid, load(wav))
                 top = max(p, key=p.get)
                 why = verdict(p, ["en"], 0.5)
-                rejected.setdefault(lang, []).append(bool(why))
-                cells.append(f"{voice:>6}: {top} {p[top]:.2f} / {p.get('en', 0):.3f} / {'yes' if why else 'no'}")
+                lp = logprob(load(wav))
+                rejected.setdefault(lang, []).append((bool(why), bool(why) or lp < -1.0))
+                cells.append(f"{voice:>6}: {top} {p[top]:.2f} / {p.get('en', 0):.3f} / {'yes' if why else 'no'} "
+                             f"/ {lp:.2f}")
             print("  " + "   ".join(cells))
     foreign = [x for k, v in rejected.items() if k != "en" for x in v]
-    print(f"\nsummary: real English kept {len(rows) - len(wrong)}/{len(rows)}; espeak English kept "
-          f"{rejected['en'].count(False)}/2; other languages rejected {sum(foreign)}/{len(foreign)}")
+    either = sum(1 for r in rows if r[2] or r[4] < -1.0)
+    print(f"\nsummary: real English kept {len(rows) - len(wrong)}/{len(rows)} by the language rule, "
+          f"{len(rows) - either}/{len(rows)} by it and the confidence floor; espeak English kept "
+          f"{sum(1 for x in rejected['en'] if not x[1])}/2; other languages rejected {sum(x[0] for x in foreign)}/"
+          f"{len(foreign)} by the language rule, {sum(x[1] for x in foreign)}/{len(foreign)} with the floor too")
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ PIPELINE = [
     "qualify",
     "transcribe",
     "voiceset",
+    "voice_train",
     "style_data",
     "memory_data",
     "train",

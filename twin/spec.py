@@ -170,6 +170,9 @@ class Models(Strict):
     llm: Optional[str] = None
     base_model: Optional[str] = None
     sentence_embedding: Optional[str] = None
+    voice_base: Optional[str] = Field(None, description="VITS to fine-tune the voice from: a coqui model folder, a "
+                                                        "folder of them, a coqui model name, or 'none' (random "
+                                                        "initialisation)")
     hub_token_env: str = Field("HF_TOKEN", description="environment variable holding a hub token")
     cache_dir: Optional[str] = Field(None, description="where hub downloads are cached")
 

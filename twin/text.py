@@ -8,6 +8,13 @@ NUMBER_WORDS = ("one two three four five six seven eight nine ten eleven twelve 
                 "fifty hundred thousand").split()
 
 
+def normalise_words(text: str) -> str:
+    """Lower-case words for a word error rate: letters, digits and apostrophes, single spaces."""
+    text = text.lower().replace("’", "'")
+    text = re.sub(r"[^a-z0-9' ]+", " ", text)
+    return re.sub(r"\s+", " ", text).strip()
+
+
 def numbers(text: str) -> set[str]:
     found = set(re.findall(r"\b\d[\d,.]*\b", text))
     found |= {w for w in re.findall(r"[a-z]+", text.lower()) if w in NUMBER_WORDS}
