@@ -382,7 +382,8 @@ def verify_cmd(artifact):
 def serve_cmd(artifact, host, port, base, adapter, token_env, open_access, max_request_bytes, max_tokens,
               max_pending, disclosure, no_disclosure_text, device, backend, backend_model, backend_key_env, no_memory, memory_k,
               memory_min_score, embedder):
-    """Serve a twin artifact over an OpenAI-compatible API (/v1/models, /v1/chat/completions)."""
+    """Serve a twin artifact over an OpenAI-compatible API (/v1/models, /v1/chat/completions,
+    /v1/audio/speech when it has a voice)."""
     import os
 
     from twin.artifact import load, open_artifact, read_manifest
@@ -402,13 +403,16 @@ def serve_cmd(artifact, host, port, base, adapter, token_env, open_access, max_r
     overrides = {k: v for k, v in (("k", memory_k), ("min_score", memory_min_score)) if v is not None}
     twin_model = load(folder, base=base, adapter=adapter, device=device, memory=not no_memory, retrieval=overrides,
                       embedder=embedder, backend=chat_backend)
+    if twin_model.has_voice:
+        twin_model.voice()            # loaded now: a broken voice model fails here, not on the first request
     server = make_server(twin_model, cfg)
     h, p = server.server_address[:2]
     mem = twin_model.memory
     click.echo(f"serving the twin of {twin_model.name} as {cfg.model_name!r} on http://{h}:{p}/v1 "
                f"({'open, loopback only' if open_access else 'bearer token required'}; "
                + (f"memory: {len(mem.index.entries)} entries, k={mem.settings.k}, floor {mem.settings.min_score}"
-                  if mem else "no memory") + (f"; generating on {backend}" if backend else "") + ")", err=False)
+                  if mem else "no memory") + (f"; generating on {backend}" if backend else "")
+               + ("; synthetic voice at /v1/audio/speech" if twin_model.has_voice else "") + ")", err=False)
     sys.stdout.flush()
     import contextlib
     import signal

@@ -11,10 +11,10 @@ PIPELINE = [
     "qualify",
     "transcribe",
     "voiceset",
-    "voice_train",
     "style_data",
     "memory_data",
     "train",
+    "voice_train",
     "evaluate",
     "package",
 ]

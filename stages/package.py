@@ -35,7 +35,7 @@ from twin.stage import Stage
 
 
 class Settings(Strict):
-    include_voice: Optional[bool] = Field(None, description="voice reference clips in the artifact (default: yes "
+    include_voice: Optional[bool] = Field(None, description="voice reference clips and the voice model in the artifact (default: yes "
                                                             "unless the consent basis is restricted)")
     include_voice_dataset: bool = Field(False, description="also the whole voice dataset (LJSpeech folder)")
     voice_reason: Optional[str] = Field(None, description="why voice material is included for a restricted "
@@ -85,6 +85,16 @@ def model_card(man: dict, metrics: Optional[dict]) -> str:
                   f"similarity of at least {r['min_score']} in the system prompt; a question about the persona with "
                   "none is answered with \"" + r["abstain_reply"] + "\". `twin serve` and `twin.load` do this; "
                   "vLLM and Ollama cannot retrieve: put `twin serve --backend URL` in front of them."]
+    vm = (man.get("voice") or {}).get("model")
+    if vm:
+        lines += ["", "## Voice", "",
+                  f"`{vm['path']}/`: a **synthetic voice** — a {vm['engine']} model fine-tuned on the persona's "
+                  "transcribed clips" + (f", started from the base voice `{vm['base_voice']}` of `{vm['base']}` (the "
+                                         "closest in timbre)" if vm.get("base_voice") else "") +
+                  f". Checkpoint of step {vm['step']}, chosen by listening: {vm['selected_by']}. Selected scores: "
+                  + ", ".join(f"{k} {v}" for k, v in vm["scores"].items()) + ". Audio it makes is synthetic and "
+                  "carries that disclosure in its metadata; `twin serve` answers `/v1/audio/speech` with it."
+                  + (f" Note: {vm['note']}." if vm.get("note") else "")]
     lines += ["", "## Consent and provenance", "", f"- consent basis: **{c['basis']}**; evidence: {c['evidence'] or '—'}"
               + (f" (file `{c['evidence_file']['name']}`, sha256 `{c['evidence_file']['sha256'][:16]}…`)"
                  if c.get("evidence_file") else ""),
@@ -114,7 +124,7 @@ class Package(Stage):
     name = "package"
     version = "1"
     summary = "the twin artifact (manifest, model card, adapters, report, provenance) + .tar.gz, vLLM/Ollama files"
-    reads = ("fetch", "voiceset", "memory_data", "train", "evaluate")
+    reads = ("fetch", "voiceset", "voice_train", "memory_data", "train", "evaluate")
     spec_keys = ("id", "name", "aliases", "consent", "profile", "sources", "models", "seed", "enroll", "opt_out")
     libraries = ("twin", "torch", "transformers", "peft")
     Settings = Settings
@@ -167,6 +177,17 @@ class Package(Stage):
                 _copy(src, art / "voice" / "references" / src.name)
                 voice["references"].append({**r, "path": f"voice/references/{src.name}"})
             atomic_write_json(art / "voice" / "references.json", voice["references"])
+            vt = ctx.input("voice_train")
+            if (vt / "model" / "model.pth").is_file():
+                shutil.copytree(vt / "model", art / "voice" / "model")
+                for name in ("curves.png", "scores.jsonl"):        # how it was chosen, for people to look at
+                    _copy(vt / name, art / "voice" / f"model-{name}")
+                vsum = read_json(vt / "summary.json")
+                voice["model"] = {"path": "voice/model", "engine": "coqui-tts VITS", "synthetic": True,
+                                  "step": vsum["selected_step"], "selected_by": vsum["score_rule"],
+                                  "scores": vsum["selected"], "base": vsum["base"], "base_voice": vsum["base_voice"],
+                                  "from_scratch": vsum["from_scratch"], "note": vsum["note"],
+                                  "sample_rate": read_json(vt / "model" / "twin_voice.json")["sample_rate"]}
         if s.include_voice_dataset:
             shutil.copytree(vs / "ljspeech", art / "voice" / "dataset")
             _copy(vs / "manifest.jsonl", art / "voice" / "dataset" / "manifest.jsonl")
@@ -229,7 +250,7 @@ class Package(Stage):
         if s.tarball:
             write_tar(art, ctx.out / f"{spec.id}-twin.tar.gz", f"{spec.id}-twin")
         return {"files": len(manifest["files"]), "adapters": len(adapters), "restricted": restricted,
-                "voice_references": len(voice["references"]),
+                "voice_references": len(voice["references"]), "voice_model": int("model" in voice),
                 "bytes": sum((art / f).stat().st_size for f in manifest["files"])}
 
 

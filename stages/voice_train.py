@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional, Union
 
 import numpy as np
 from pydantic import Field, model_validator
@@ -42,7 +42,9 @@ RANDOM_INIT_NOTE = ("trained from random initialisation on CPU for a few steps (
 
 
 class Settings(Strict):
-    enabled: bool = Field(True, description="train a voice model (false: the twin has reference clips only)")
+    enabled: Union[Literal["auto"], bool] = Field(
+        "auto", description="auto: train when the voiceset is big enough (min_clips, min_seconds), else say so and "
+                            "go on without a voice model; true: a voiceset too small is an error; false: never")
     steps: Optional[int] = Field(None, ge=1, le=1_000_000, description="training steps (default: 6 from random "
                                                                          "initialisation, 5000 from a base model)")
     checkpoints: int = Field(3, ge=1, le=100, description="evenly spaced checkpoints to save and score")
@@ -100,10 +102,8 @@ class VoiceTrain(Stage):
 
     def run(self, ctx) -> dict:
         s = ctx.settings
-        if not s.enabled:
-            atomic_write_json(ctx.out / "summary.json", {"trained": False, "reason": "stages.voice_train.enabled "
-                                                                                    "is false"})
-            return {"trained": 0}
+        if s.enabled is False:
+            return self._skip(ctx, "stages.voice_train.enabled is false")
         from twin import voice_model as V
         from twin.models import device as pick_device
         from twin.voice_select import Listener, Weights, select
@@ -111,9 +111,12 @@ class VoiceTrain(Stage):
         rows = read_jsonl(vs / "manifest.jsonl")
         seconds = sum(r["duration"] for r in rows)
         if len(rows) < s.min_clips or seconds < s.min_seconds:
-            raise StageError(self.name, f"the voiceset is too small to train a voice on: {len(rows)} clips, "
-                                        f"{seconds:.0f} s; needed at least {s.min_clips} clips and {s.min_seconds:.0f} s "
-                                        "(stages.voice_train.min_clips / min_seconds; or enabled: false)")
+            why = (f"the voiceset is too small to train a voice on: {len(rows)} clips, {seconds:.0f} s; needed at "
+                   f"least {s.min_clips} clips and {s.min_seconds:.0f} s (stages.voice_train.min_clips / min_seconds)")
+            if s.enabled is True:
+                raise StageError(self.name, why)
+            ctx.log.warning("%s; no voice model", why)
+            return self._skip(ctx, why)
         if len(rows) - s.heldout < 1:
             raise StageError(self.name, f"heldout={s.heldout} leaves no clip of {len(rows)} to train on")
         train_rows, held = split_heldout(rows, s.heldout, ctx.spec.seed)
@@ -190,6 +193,10 @@ class VoiceTrain(Stage):
                 "from_scratch": int(from_scratch)}
 
     # ------------------------------------------------------------------ parts
+    def _skip(self, ctx, why: str) -> dict:
+        atomic_write_json(ctx.out / "summary.json", {"trained": False, "reason": why, "synthetic": True})
+        return {"trained": 0}
+
     def _base(self, ctx, base_ref, from_scratch: bool, listener, sentence: str, train_rows, dev):
         """(ranking, chosen speaker or None, loaded start model or None)."""
         from twin import voice_model as V

@@ -33,7 +33,7 @@ def test_demo_build_end_to_end(demo_build):
     ws, out = demo_build
     assert out.returncode == 0, out.stderr
     assert ("built fetch, separate, diarize, identify, qualify, transcribe, voiceset, style_data, memory_data, train, "
-            "evaluate, package") in out.stdout
+            "voice_train, evaluate, package") in out.stdout
     fetch = read_manifest(ws / "fetch")
     assert fetch["counts"]["videos"] == 2 and fetch["counts"]["posts"] >= 150
     assert fetch["counts"]["failed"] == 0

@@ -221,6 +221,32 @@ class Twin:
         self.disclosure = manifest["disclosure"]
         self.name = manifest["persona"]["name"]
         self.memory = memory            # twin.memory.Memory, or None
+        self._voice = None
+
+    @property
+    def has_voice(self) -> bool:
+        return bool((self.manifest.get("voice") or {}).get("model"))
+
+    def voice(self):
+        """The artifact's voice model (``twin.speech.Voice``), loaded on first use."""
+        if self._voice is None:
+            from .speech import load_voice
+            if not self.has_voice:
+                v = self.manifest.get("voice") or {}
+                why = ("its consent basis leaves voice material out" if v.get("included") is False
+                       else "no voice model was trained (stages.voice_train)")
+                raise UsageError(f"{self.name}'s twin has no voice: {why}")
+            self._voice = load_voice(self.folder, self.manifest)
+        return self._voice
+
+    def speak(self, text: str, out: Optional[str | Path] = None, seed: int = 0) -> bytes:
+        """``text`` said in the twin's voice: WAV bytes whose metadata disclose that the voice is
+        synthetic (also written to ``out`` when given)."""
+        data = self.voice().wav(text, seed=seed)
+        if out is not None:
+            from .cache import atomic_write_bytes
+            atomic_write_bytes(Path(out), data)
+        return data
 
     def prepare(self, messages: list[dict]):
         """(conversation to generate from, twin.memory.Recalled or None)."""
@@ -265,7 +291,7 @@ def resolve_base(manifest: dict, base: Optional[str] = None, cache_dir: Optional
 
 def load(artifact: str | Path, *, base: Optional[str | Path] = None, adapter: str = "stack", device: Optional[str] = None,
          verify_first: bool = True, memory: bool = True, retrieval: Optional[dict] = None,
-         embedder: Optional[str] = None, backend=None) -> Twin:
+         embedder: Optional[str] = None, backend=None, language_model: bool = True) -> Twin:
     """Load a twin artifact (folder or .tar.gz) with its base model: ``twin.load(path).chat(messages)``.
 
     ``adapter``: ``stack`` (style then memory, as trained), ``combined``, or one adapter's name.
@@ -273,6 +299,7 @@ def load(artifact: str | Path, *, base: Optional[str | Path] = None, adapter: st
     k, min_score, ...; ``embedder`` names where its embedding model is, if not where it was).
     ``backend``: a chat model to generate with instead of loading the base model here (an
     OpenAI-compatible server running the adapter: retrieval and disclosure stay here).
+    ``language_model=False``: no chat model at all (a program that only wants ``speak``).
     """
     from .memory import load_memory
     from .twinmodel import TwinLM
@@ -288,7 +315,7 @@ def load(artifact: str | Path, *, base: Optional[str | Path] = None, adapter: st
         if n not in man["adapters"]:
             raise UsageError(f"{artifact}: no adapter {n!r}; it has {', '.join(man['adapters'])}")
     mem = load_memory(folder, man, embedder, retrieval) if memory else None
-    if backend is not None:
+    if backend is not None or not language_model:
         return Twin(folder, backend, man, mem)
     source, revision = resolve_base(man, base)
     lm = TwinLM(source, [folder / man["adapters"][n]["path"] for n in names], revision=revision, device=device)

@@ -1,7 +1,8 @@
 """``twin serve``: an OpenAI-compatible HTTP server for a twin artifact.
 
-``GET /v1/models`` and ``POST /v1/chat/completions`` (with ``stream: true`` as server-sent
-events). A bearer token is required unless the server is explicitly run open on a loopback
+``GET /v1/models``, ``POST /v1/chat/completions`` (with ``stream: true`` as server-sent
+events) and ``POST /v1/audio/speech`` (text → WAV in the twin's synthetic voice, when the artifact
+has one; the disclosure is in the WAV's metadata and the headers). A bearer token is required unless the server is explicitly run open on a loopback
 address. Requests are limited in size and in generation length. Every response discloses
 that the twin is synthetic: a ``twin_disclosure`` field, an ``X-Twin-Disclosure`` header and,
 unless switched off (impossible for restricted twins), the disclosure ahead of the reply text.
@@ -174,7 +175,17 @@ def make_server(twin, cfg: ServeConfig) -> ThreadingHTTPServer:
             admitted = False
             try:
                 self._auth()
-                if self.path.rstrip("/") not in ("/v1/chat/completions", "/chat/completions"):
+                route = self.path.rstrip("/")
+                if route in ("/v1/audio/speech", "/audio/speech"):
+                    req = self._body()
+                    text, seed = self._parse_speech(req)
+                    admitted = admit()
+                    if not admitted:
+                        raise _Error(429, f"the server is busy ({cfg.max_pending} requests are generating or "
+                                          "waiting); retry later", "rate_limit_error")
+                    self._speech(text, seed)
+                    return
+                if route not in ("/v1/chat/completions", "/chat/completions"):
                     raise _Error(404, f"no route {self.path}")
                 req = self._body()
                 conv, params, recalled = self._parse(req)
@@ -228,6 +239,50 @@ def make_server(twin, cfg: ServeConfig) -> ThreadingHTTPServer:
             params = GenParams(max_new_tokens=min(mt, cfg.max_tokens), temperature=temperature, top_p=top_p,
                                seed=seed)
             return conv, params, recalled
+
+        def _parse_speech(self, req: dict) -> tuple[str, int]:
+            """OpenAI's speech request: ``input`` (text), ``model``, ``voice`` (this twin's only voice, any
+            name accepted), ``response_format`` (wav only), ``speed`` (1 only)."""
+            from .speech import MAX_CHARS
+            if req.get("model") not in (None, cfg.model_name, "tts-1", "tts-1-hd", "gpt-4o-mini-tts"):
+                raise _Error(404, f"model {req.get('model')!r} is not served here; this server has {cfg.model_name!r}",
+                             "model_not_found")
+            if not twin.has_voice:
+                v = twin.manifest.get("voice") or {}
+                why = ("its consent basis leaves voice material out" if v.get("included") is False
+                       else "no voice model was trained")
+                raise _Error(404, f"this twin has no voice: {why}", "voice_not_found")
+            text = req.get("input")
+            if not isinstance(text, str) or not text.strip():
+                raise _Error(400, "input must be non-empty text")
+            if len(text) > MAX_CHARS:
+                raise _Error(400, f"input is {len(text)} characters; at most {MAX_CHARS} at once")
+            fmt = req.get("response_format", "wav")
+            if fmt != "wav":
+                raise _Error(400, f"response_format {fmt!r} is not available: this server answers wav")
+            speed = req.get("speed", 1)
+            if isinstance(speed, bool) or not isinstance(speed, (int, float)) or speed != 1:
+                raise _Error(400, "speed must be 1")
+            if not isinstance(req.get("voice", ""), str):
+                raise _Error(400, "voice must be a name")
+            seed = req.get("seed") or 0
+            if not isinstance(seed, int) or isinstance(seed, bool):
+                raise _Error(400, "seed must be an integer")
+            return text, seed
+
+        def _speech(self, text: str, seed: int) -> None:
+            from .voice_model import VoiceModelError
+            try:
+                data = twin.voice().wav(text, seed=seed)
+            except (VoiceModelError, UsageError) as exc:
+                raise _Error(400, str(exc)) from None
+            self.send_response(200)
+            self.send_header("Content-Type", "audio/wav")
+            self.send_header("Content-Length", str(len(data)))
+            self.send_header("X-Twin-Disclosure", cfg.disclosure.encode("ascii", "replace").decode())
+            self.send_header("X-Twin-Synthetic-Voice", "true")
+            self.end_headers()
+            self.wfile.write(data)
 
         def _prefix(self) -> str:
             return f"[{cfg.disclosure}]\n\n" if cfg.disclosure_in_text else ""
