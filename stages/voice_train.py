@@ -139,8 +139,10 @@ class VoiceTrain(Stage):
                             compute_type=compute_type("cpu"), quality=s.dnsmos_weight > 0)
         work = ctx.journal / "voice"
         ranking, speaker, start = self._base(ctx, base_ref, from_scratch, listener, texts[0], train_rows, dev)
-        sample_rate = start.sample_rate if start is not None else read_json(vs / "summary.json").get("sample_rate", 22050)
-        samples = V.samples_for(train_rows, vs, speaker or "persona")
+        vs_rate = read_json(vs / "summary.json").get("sample_rate", 22050)
+        sample_rate = start.sample_rate if start is not None else vs_rate
+        root = vs if sample_rate == vs_rate else self._resampled(work, vs, train_rows, sample_rate)
+        samples = V.samples_for(train_rows, root, speaker or "persona")
         every = max(1, steps // s.checkpoints)
         schedule = sorted({min(steps, every * k) for k in range(1, s.checkpoints + 1)} | {steps})
         ckdir = work / "checkpoints"
@@ -235,6 +237,18 @@ class VoiceTrain(Stage):
                      ranking[0]["similarity"])
         start = V.load(folder, speaker=spk, device=dev, training=True)
         return {"base": base_ref.ref, "chosen": ranking[0]["voice"], "ranking": ranking}, spk, start
+
+    def _resampled(self, work: Path, vs: Path, rows: list[dict], rate: int) -> Path:
+        """The training clips at the base model's sample rate (the data loader does not resample)."""
+        import soundfile as sf
+        import soxr
+        root = work / f"audio-{rate}"
+        for r in rows:
+            dst = root / r["path"]
+            if not dst.is_file():
+                audio, sr = sf.read(str(vs / r["path"]), dtype="float32")
+                _write_wav(dst, soxr.resample(audio, sr, rate, quality="HQ"), rate)
+        return root
 
     def _score(self, ctx, work: Path, folder: Path, step: int, texts: list[str], speaker, listener) -> dict:
         from twin import voice_model as V

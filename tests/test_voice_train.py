@@ -118,19 +118,41 @@ def test_unloadable_base_model_and_too_small_voiceset_are_one_line_errors(tmp_pa
     base = ("id: small-voice\nname: Tamsin Vell\nconsent: {basis: self, evidence: fictional, evidence_file: consent.txt}\n"
             "sources: {videos: [panel.ogg]}\nenroll: [enroll.ogg]\n")
     spec.write_text(base + "stages: {voice_train: {enabled: true, min_clips: 50}}\n")
-    out = run_twin("build", spec, "--workspace", ws, "--until", "voice_train")
+    assert run_twin("build", spec, "--workspace", ws, "--until", "voiceset").returncode == 0
+    out = run_twin("build", spec, "--workspace", ws, "--only", "voice_train")
     assert out.returncode == 1, out.stderr
     line = [x for x in out.stderr.splitlines() if "too small" in x]
     assert len(line) == 1 and "needed at least 50 clips" in line[0] and " clips, " in line[0], out.stderr
     assert "Traceback" not in out.stderr and (ws / "voiceset" / "manifest.jsonl").is_file()   # nothing lost
     spec.write_text(base + "stages: {voice_train: {min_clips: 50}}\n")          # auto: said, and the build goes on
-    out = run_twin("build", spec, "--workspace", ws, "--until", "voice_train")
+    out = run_twin("build", spec, "--workspace", ws, "--only", "voice_train")
     assert out.returncode == 0 and "too small to train a voice" in out.stderr, out.stderr
     assert read_json(ws / "voice_train" / "summary.json")["trained"] is False
     spec.write_text(base + f"models: {{voice_base: {broken}}}\nstages: {{voice_train: {{min_clips: 2, min_seconds: 5}}}}\n")
-    out = run_twin("build", spec, "--workspace", ws, "--until", "voice_train")
+    out = run_twin("build", spec, "--workspace", ws, "--only", "voice_train")
     assert out.returncode == 1 and "models.voice_base" in out.stderr and "cannot load" in out.stderr, out.stderr
     assert "Traceback" not in out.stderr
+
+    # a folder of base voices (two small VITS, one at 16 kHz): each says a held-out sentence, the closest
+    # in timbre is the start, and its sample rate is the one trained at (the clips are resampled)
+    from twin import voice_model as V
+    bases = tmp_path / "bases"
+    for name, rate in (("alto", 16000), ("bass", 22050)):
+        V.seed_everything(len(name) + rate)
+        vm = V.build(V.small_config(rate, V.characters_of(["a"])))
+        V.save_state(vm, bases / name, vm.model.get_optimizer(), 0)
+    spec.write_text(base + f"models: {{voice_base: {bases}}}\nstages: {{voice_train: {{min_clips: 2, min_seconds: 5, "
+                           "steps: 2, checkpoints: 2, batch_size: 2, heldout: 1, device: cpu}}\n")
+    out = run_twin("build", spec, "--workspace", ws, "--only", "voice_train")
+    assert out.returncode == 0, out.stderr
+    ranking = read_json(ws / "voice_train" / "base_ranking.json")
+    assert [r["voice"] for r in ranking["ranking"]] and {r["voice"] for r in ranking["ranking"]} == {"alto", "bass"}
+    assert ranking["chosen"] == ranking["ranking"][0]["voice"]
+    rate = {"alto": 16000, "bass": 22050}[ranking["chosen"]]
+    assert read_json(ws / "voice_train" / "model" / "twin_voice.json")["sample_rate"] == rate
+    summary = read_json(ws / "voice_train" / "summary.json")
+    assert summary["base_voice"] == ranking["chosen"] and not summary["from_scratch"] and summary["note"] is None
+    assert len(read_jsonl(ws / "voice_train" / "scores.jsonl")) == 2
 
 
 @pytest.mark.slow
