@@ -104,6 +104,7 @@ def test_a_resumed_training_ends_identical_to_an_uninterrupted_one(tmp_path):
         V.synthesize(vm, "日本語")
 
 
+@pytest.mark.slow          # builds a voiceset from a recording
 def test_unloadable_base_model_and_too_small_voiceset_are_one_line_errors(tmp_path):
     ws = tmp_path / "ws"
     d = tmp_path / "p"
