@@ -155,6 +155,28 @@ def test_unloadable_base_model_and_too_small_voiceset_are_one_line_errors(tmp_pa
     assert summary["base_voice"] == ranking["chosen"] and not summary["from_scratch"] and summary["note"] is None
     assert len(read_jsonl(ws / "voice_train" / "scores.jsonl")) == 2
 
+    # killed (-9) after its first checkpoint, the rebuild resumes from it and ends byte-identical
+    import signal
+    import subprocess
+    import time
+
+    from conftest import TWIN
+    from twin.cache import read_manifest
+    first = read_manifest(ws / "voice_train")
+    resume = ws / ".staging" / "voice_train" / "journal" / "voice" / "resume" / "step.json"
+    proc = subprocess.Popen([TWIN, "build", str(spec), "--workspace", str(ws), "--only", "voice_train", "--force",
+                             "voice_train"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and not resume.is_file() and proc.poll() is None:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL and read_json(resume)["step"] == 1, "the kill did not land mid-training"
+    out = run_twin("build", spec, "--workspace", ws, "--only", "voice_train", "--force", "voice_train")
+    assert out.returncode == 0 and "resuming from step 1" in out.stderr, out.stderr
+    again = read_manifest(ws / "voice_train")
+    assert again["output_hash"] == first["output_hash"] and again["outputs"] == first["outputs"]
+
 
 @pytest.mark.slow
 def test_demo_voice_is_trained_scored_selected_and_packaged(demo_build):
@@ -232,6 +254,22 @@ def test_the_packaged_voice_speaks_through_load_and_the_server(demo_build, tmp_p
                          ({"input": "hi", "speed": 2}, "speed")):
             status, _, body = post(bad)
             assert status == 400 and why in json.loads(body)["error"]["message"], (bad, body)
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+    # a twin whose consent basis left voice material out has no voice: 404 from the server, one line from speak()
+    mute = twin.load(tar, memory=False, language_model=False)
+    mute.manifest = {**mute.manifest, "voice": {"references": [], "dataset": False, "included": False}}
+    from twin.errors import UsageError
+    with pytest.raises(UsageError, match="consent basis leaves voice material out"):
+        mute.speak("Hello.")
+    httpd = make_server(mute, cfg)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{httpd.server_address[1]}/v1/audio/speech"
+    try:
+        status, _, body = post({"input": "Hello."})
+        assert status == 404 and "no voice" in json.loads(body)["error"]["message"]
     finally:
         httpd.shutdown()
         httpd.server_close()
