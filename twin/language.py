@@ -61,14 +61,22 @@ def whisper_folder(location: str | Path) -> Path:
     target = model_cache() / f"whisper-{folder.parent.name}-{len(parts)}p-{sizes}"
     if (target / "model.bin").is_file():
         return target
-    with atomic_dir(target) as tmp:
-        for f in folder.iterdir():
-            if f.is_file() and not f.name.startswith("model.bin"):
-                shutil.copy2(f, tmp / f.name)
-        with open(tmp / "model.bin", "wb") as out:
-            for p in parts:
-                with open(p, "rb") as src:
-                    shutil.copyfileobj(src, out, 16 << 20)
+    import fcntl
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # one joiner per machine: a second process waits, then finds it done (a published folder is never
+    # replaced while another process may be loading it)
+    with open(target.parent / f".{target.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (target / "model.bin").is_file():
+            return target
+        with atomic_dir(target) as tmp:
+            for f in folder.iterdir():
+                if f.is_file() and not f.name.startswith("model.bin"):
+                    shutil.copy2(f, tmp / f.name)
+            with open(tmp / "model.bin", "wb") as out:
+                for p in parts:
+                    with open(p, "rb") as src:
+                        shutil.copyfileobj(src, out, 16 << 20)
     return target
 
 
