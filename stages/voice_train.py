@@ -106,7 +106,7 @@ class VoiceTrain(Stage):
             return self._skip(ctx, "stages.voice_train.enabled is false")
         from twin import voice_model as V
         from twin.models import device as pick_device
-        from twin.voice_select import Listener, Weights, select
+        from twin.voice_select import Listener, Weights, combined, select
         vs = ctx.input("voiceset")
         rows = read_jsonl(vs / "manifest.jsonl")
         seconds = sum(r["duration"] for r in rows)
@@ -138,7 +138,7 @@ class VoiceTrain(Stage):
         listener = Listener(encoder, ctx.models["asr"].location, language, refs, device="cpu",
                             compute_type=compute_type("cpu"), quality=s.dnsmos_weight > 0)
         work = ctx.journal / "voice"
-        ranking, speaker, start = self._base(ctx, base_ref, from_scratch, listener, texts[0], train_rows, dev)
+        ranking, speaker, start = self._base(ctx, base_ref, from_scratch, listener, texts[0], dev)
         vs_rate = read_json(vs / "summary.json").get("sample_rate", 22050)
         sample_rate = start.sample_rate if start is not None else vs_rate
         root = vs if sample_rate == vs_rate else self._resampled(work, vs, train_rows, sample_rate)
@@ -182,7 +182,6 @@ class VoiceTrain(Stage):
             scores.append(self._score(ctx, work, ckdir / f"step-{n:06d}", n, texts, speaker, listener))
         ctx.progress("voice_train: listening to checkpoints", len(schedule), len(schedule))
         weights = Weights(s.similarity_weight, s.clarity_weight, s.dnsmos_weight)
-        from twin.voice_select import combined
         for r in scores:
             r["score"] = round(combined(r, weights), 4)
         best = select(scores, weights)
@@ -199,7 +198,7 @@ class VoiceTrain(Stage):
         atomic_write_json(ctx.out / "summary.json", {"trained": False, "reason": why, "synthetic": True})
         return {"trained": 0}
 
-    def _base(self, ctx, base_ref, from_scratch: bool, listener, sentence: str, train_rows, dev):
+    def _base(self, ctx, base_ref, from_scratch: bool, listener, sentence: str, dev):
         """(ranking, chosen speaker or None, loaded start model or None)."""
         from twin import voice_model as V
         from twin.voice_select import rank_voices, to_16k

@@ -227,15 +227,21 @@ class Twin:
     def has_voice(self) -> bool:
         return bool((self.manifest.get("voice") or {}).get("model"))
 
+    @property
+    def no_voice_reason(self) -> Optional[str]:
+        """Why the artifact has no voice model, or None when it has one."""
+        if self.has_voice:
+            return None
+        if (self.manifest.get("voice") or {}).get("included") is False:
+            return "its consent basis leaves voice material out"
+        return "no voice model was trained (stages.voice_train)"
+
     def voice(self):
         """The artifact's voice model (``twin.speech.Voice``), loaded on first use."""
         if self._voice is None:
             from .speech import load_voice
             if not self.has_voice:
-                v = self.manifest.get("voice") or {}
-                why = ("its consent basis leaves voice material out" if v.get("included") is False
-                       else "no voice model was trained (stages.voice_train)")
-                raise UsageError(f"{self.name}'s twin has no voice: {why}")
+                raise UsageError(f"{self.name}'s twin has no voice: {self.no_voice_reason}")
             self._voice = load_voice(self.folder, self.manifest)
         return self._voice
 

@@ -248,10 +248,7 @@ def make_server(twin, cfg: ServeConfig) -> ThreadingHTTPServer:
                 raise _Error(404, f"model {req.get('model')!r} is not served here; this server has {cfg.model_name!r}",
                              "model_not_found")
             if not twin.has_voice:
-                v = twin.manifest.get("voice") or {}
-                why = ("its consent basis leaves voice material out" if v.get("included") is False
-                       else "no voice model was trained")
-                raise _Error(404, f"this twin has no voice: {why}", "voice_not_found")
+                raise _Error(404, f"this twin has no voice: {twin.no_voice_reason}", "voice_not_found")
             text = req.get("input")
             if not isinstance(text, str) or not text.strip():
                 raise _Error(400, "input must be non-empty text")

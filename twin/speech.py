@@ -34,14 +34,12 @@ class Voice:
     """The artifact's voice model, loaded once; synthesis is serialised (one model, many threads)."""
 
     def __init__(self, folder: Path, record: dict, disclosure: str, device: str = "cpu"):
+        from .cache import read_json
         from .voice_model import load
-        self.record = record
+        self.record = record            # the manifest's voice.model entry (step, scores, base, note)
         self.disclosure = disclosure
         meta = folder / "twin_voice.json"
-        speaker = None
-        if meta.is_file():
-            import json
-            speaker = json.loads(meta.read_text(encoding="utf-8")).get("speaker")
+        speaker = read_json(meta).get("speaker") if meta.is_file() else None
         self.model = load(folder, speaker=speaker, device=device)
         self.lock = threading.Lock()
 

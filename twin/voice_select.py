@@ -85,7 +85,7 @@ class Listener:
         self.quality = quality
         if not references:
             raise ValueError("no reference clip of the persona to compare voices with")
-        embs = np.stack([embed(r, encoder_weights) for r in references])
+        embs = np.stack([embed(r, encoder_weights, device) for r in references])
         c = embs.mean(axis=0)
         self.centroid = c / (np.linalg.norm(c) + 1e-12)
         self._asr_ref = (asr, device, compute_type)
@@ -100,7 +100,7 @@ class Listener:
 
     def embedding(self, audio16k: np.ndarray) -> np.ndarray:
         from .speaker import embed
-        return embed(audio16k, self.encoder_weights)
+        return embed(audio16k, self.encoder_weights, self.device)
 
     def similarity(self, audio16k: np.ndarray) -> float:
         return float(np.dot(self.embedding(audio16k), self.centroid))
